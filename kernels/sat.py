@@ -9,7 +9,7 @@ Three implementations share one signature ``f(x, bits, *, p, seed, granularity, 
   * :func:`sat_perturb_triton` – the fused Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1);
   * :func:`sat_perturb_cpu`    – numba, parallel over the CPU cores.
 All three draw the same Philox stream (``kernels/philox.py``), so for a given seed they return the
-same bits (up to FMA contraction on GPU). :func:`sat_perturb` picks one; ``FASTSAT_SAT_BACKEND``
+same bits. :func:`sat_perturb` picks one; ``FASTSAT_SAT_BACKEND``
 (``triton``/``torch``/``cpu``) forces it.
 
 Inputs: ``x`` (N, H, W, C) contiguous, uint8 (decoded images) or float16/32 in [0, 1] (hybrid
@@ -220,6 +220,8 @@ def default_block(sample_elems: int) -> int:
 def sat_perturb_triton(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=torch.float32, out=None, block=None):
     """Launcher of the fused kernel: asserts the contract, allocates the output, never copies."""
     out = _check(x, bits, granularity, eps, out_dtype, out)
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("sat_perturb_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)")
     split_seed(seed)
     n, h, w, c = x.shape
     if out.numel() == 0:
@@ -229,7 +231,8 @@ def sat_perturb_triton(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=tor
     grid = (n, triton.cdiv(sample_elems, block))
     _sat_kernel[grid](out, x, bits, sample_elems, bits.shape[1], float(np.float32(eps)), threshold(p), seed,
                       X_IS_U8=x.dtype == torch.uint8,
-                      ELEMS_PER_BIT=bitlayout.bits_per_channel_group((h, w, c), granularity), BLOCK=block)
+                      ELEMS_PER_BIT=bitlayout.bits_per_channel_group((h, w, c), granularity), BLOCK=block,
+                      enable_fp_fusion=False)  # no FMA: x·(1/255) + ε rounds as in the reference
     return _as_nchw(out)
 
 

@@ -1,0 +1,142 @@
+"""SAT's cost advantage measured in one run: kernel, training step per method, (FFCV) loader.
+
+    python bench/throughput.py [--device cpu|cuda] [--quick] [--out DIR]
+
+Training steps run on synthetic uint8 batches already on the device (random pixels and saliency
+bits: speed does not depend on content), so this part needs neither ffcv nor a dataset. The loader
+section runs only where ffcv is installed. Output: a markdown table, DIR/throughput.json and
+DIR/throughput.png (epoch cost of each method relative to standard, as the paper's Fig. 4).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import kernel as kernel_bench  # noqa: E402
+from bench.common import machine, markdown_table, time_fn, write_json  # noqa: E402
+from fastsat.kernels import bits as bitlayout  # noqa: E402
+from fastsat.kernels.sat import step_seed  # noqa: E402
+from fastsat.methods import MethodConfig, train_step  # noqa: E402
+from fastsat.models import build_model  # noqa: E402
+
+BENCH_METHODS = ("standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_sat", "trades", "trades_sat")
+
+
+def step_throughput(device, quick: bool, methods=BENCH_METHODS):
+    """images/s of one optimizer step per method: same model, batch and data for all."""
+    cuda = device.type == "cuda"
+    batch, width = (512, 1.0) if cuda else (64, 0.25 if quick else 0.5)
+    nbatches = 4
+    xs = torch.randint(0, 256, (nbatches, batch, 32, 32, 3), dtype=torch.uint8, device=device)
+    ys = torch.randint(0, 10, (nbatches, batch), device=device)
+    bs = bitlayout.pack_torch(torch.rand(nbatches * batch, 32 * 32 * 3, device=device) < 0.5)
+    bs = bs.view(nbatches, batch, -1)
+    results = []
+    for name in methods:
+        torch.manual_seed(0)
+        model = build_model("resnet18", 10, (0.5,) * 3, (0.25,) * 3, width=width).to(device)
+        model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler("cuda") if cuda else None
+        cfg = MethodConfig(name, out_dtype=torch.float16 if cuda else torch.float32)
+        state = {"i": 0}
+
+        def step():
+            i = state["i"] = state["i"] + 1
+            k = i % nbatches
+            train_step(cfg, model, opt, xs[k], ys[k], bs[k], epoch=5, seed=step_seed(0, 5, i), scaler=scaler)
+
+        t = time_fn(step, device, warmup=5 if cuda else 2, reps=(40 if cuda else (6 if quick else 20)))
+        # epoch cost is the mean step time: hybrids mix cheap (SAT) and costly (attack) steps
+        results.append({"method": name, "batch": batch, "model": f"resnet18_cifar(width={width})",
+                        "amp": cuda, **t, "images_per_s": batch / t["mean_s"]})
+    base = next(r for r in results if r["method"] == "standard")["mean_s"]
+    for r in results:
+        r["relative_to_standard"] = r["mean_s"] / base
+    return results
+
+
+def loader_throughput(quick: bool):
+    """FFCV vs torchvision loader images/s (needs ffcv; skipped where it is missing)."""
+    try:
+        import ffcv  # noqa: F401
+    except ImportError:
+        return {"skipped": "ffcv is not installed on this machine"}
+    from bench.loader import run as loader_run
+
+    return loader_run(quick=quick)
+
+
+def plot(results, path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [r["method"] for r in results]
+    rel = [r["relative_to_standard"] for r in results]
+    bars = ax.bar(names, rel, color=["#4c72b0" if "sat" not in n else "#dd8452" for n in names])
+    ax.bar_label(bars, fmt="%.2f×")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("step time / standard")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="narrow model, few steps (< 2 min on 2 CPU cores)")
+    ap.add_argument("--out", type=Path, default=Path("out/bench"))
+    ap.add_argument("--skip-loader", action="store_true")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    info = machine(device)
+    where = info.get("gpu", info.get("cpu_model", "cpu"))
+
+    kernel, ktable = kernel_bench.run(device, quick=args.quick)
+    steps = step_throughput(device, args.quick)
+    loader = {"skipped": "--skip-loader"} if args.skip_loader else loader_throughput(args.quick)
+
+    rel = {r["method"]: r["relative_to_standard"] for r in steps}
+    goals = {
+        "sat_over_standard": rel["sat"],
+        "sat_over_standard_goal": 1.03 if device.type == "cuda" else 1.10,
+        "pgd_sat_over_pgd": rel["pgd_sat"] / rel["pgd"],
+        "pgd_sat_over_pgd_goal": 0.6,
+    }
+    if "sat_images_per_s" in loader:
+        std_ips = next(r for r in steps if r["method"] == "sat")["images_per_s"]
+        goals["loader_over_model"] = loader["sat_images_per_s"] / std_ips
+        goals["loader_over_model_goal"] = 3.0
+    payload = {"machine": info, "kernel": kernel, "train_step": steps, "loader": loader, "goals": goals,
+               "quick": args.quick}
+    write_json(args.out / "throughput.json", payload)
+    plot(steps, args.out / "throughput.png", f"step cost relative to standard — {where}")
+
+    print(f"## fastsat throughput on {where} ({info['time']})\n")
+    print("### SAT kernel (copy bandwidth {:.1f} GB/s)\n".format(kernel["copy_GB_per_s"]))
+    print(ktable)
+    print("\n### Training step (synthetic CIFAR-size batches)\n")
+    print(markdown_table(["method", "batch", "mean ms/step", "images/s", "× standard"],
+                         [[r["method"], r["batch"], r["mean_s"] * 1e3, r["images_per_s"], r["relative_to_standard"]]
+                          for r in steps]))
+    if "table" in loader:
+        print("\n### Loader\n")
+        print(loader["table"])
+    print("\n### Goals\n")
+    for k, v in goals.items():
+        if not k.endswith("_goal"):
+            print(f"- {k}: {v:.3f} (goal {'≤' if 'loader' not in k else '≥'} {goals[k + '_goal']})")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Training methods of the paper, one loss per batch, all fed the loader's raw batch.
+
+| method          | input of the CE loss                                              |
+|-----------------|-------------------------------------------------------------------|
+| standard        | clean                                                             |
+| noise           | x + U(−ε₀, ε₀)                                                    |
+| sat             | Eq. 9 + Algorithm 1 (fused kernel), then flip/translate          |
+| fgsm_rs         | FGSM from a random start, step 1.25ε (Wong et al. 2020)            |
+| pgd             | PGD-5, ε 8/255, step 2/255, random start (Madry et al.)           |
+| trades          | CE(clean) + β·KL(f(x_adv) ‖ f(x)), TRADES attack (Zhang et al.)    |
+| X_noise, X_sat  | per batch, a coin (``hybrid_p``): the noise / SAT batch, else X    |
+
+TRADES β defaults to 6 (TRADES' own CIFAR setting, the one its robustness numbers use); the SAT
+reference code ran β = 1, available as ``trades_beta=1``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .attacks import FGSMRS, PGD, TradesAttack, UniformNoise
+from .augment import augment
+from .kernels.sat import EPS0, random_prob, sat_perturb
+
+METHODS = ("standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_noise", "pgd_sat",
+           "trades", "trades_noise", "trades_sat")
+SALIENCY_METHODS = tuple(m for m in METHODS if m.endswith("sat"))
+
+
+@dataclass
+class MethodConfig:
+    name: str = "sat"
+    eps: float = EPS0  # ε₀ of SAT / noise / attacks in training, pixel units
+    pgd_steps: int = 5
+    pgd_alpha: float = 2 / 255  # pixel units
+    trades_beta: float = 6.0
+    hybrid_p: float = 0.5  # probability that a hybrid batch is the SAT / noise batch
+    granularity: str = "element"  # of the saliency field
+    flip: bool = True  # random left-right flip (after perturbation)
+    pad: int = 0  # random translation by up to ±pad pixels (after perturbation)
+    out_dtype: torch.dtype = torch.float32  # SAT kernel output
+
+    def __post_init__(self):
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; expected one of {', '.join(METHODS)}")
+        if not 0.0 <= self.eps <= 1.0:
+            raise ValueError(f"eps must be in [0, 1], got {self.eps}")
+        if not 0.0 <= self.hybrid_p <= 1.0:
+            raise ValueError(f"hybrid_p must be in [0, 1], got {self.hybrid_p}")
+
+    @property
+    def needs_saliency(self) -> bool:
+        return self.name in SALIENCY_METHODS
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) uint8 → (N, C, H, W) float32 in [0, 1], channels_last."""
+    return x.permute(0, 3, 1, 2).float().div_(255) if x.dtype == torch.uint8 else x.permute(0, 3, 1, 2).float()
+
+
+def mix_saliency(bits: torch.Tensor, bits2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample coin between two packed maps of equal layout (paper Table 7)."""
+    coin = torch.rand(bits.shape[0], generator=generator, device=generator.device) < 0.5
+    return torch.where(coin.to(bits.device).view(-1, 1), bits, bits2)
+
+
+def training_loss(cfg: MethodConfig, model, x, y, bits=None, *, epoch: int, seed: int):
+    """Loss of one batch: ``x`` (N, H, W, C) uint8 or float, ``bits`` (N, nbytes) packed saliency."""
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    base, _, extra = cfg.name.partition("_")
+    if extra in ("noise", "sat") and base in ("pgd", "trades"):
+        if torch.rand(1, generator=gen, device=x.device).item() < cfg.hybrid_p:
+            base = extra  # this batch is the SAT / noise batch
+    if base == "sat":
+        if bits is None:
+            raise ValueError(f"method {cfg.name} needs a saliency field")
+        x_in = sat_perturb(x, bits, p=random_prob(epoch), seed=seed, granularity=cfg.granularity,
+                           eps=cfg.eps, out_dtype=cfg.out_dtype)
+        return F.cross_entropy(model(augment(x_in, cfg.pad, cfg.flip, gen)), y)
+    x_in = augment(to_unit(x), cfg.pad, cfg.flip, gen)
+    if base == "standard":
+        return F.cross_entropy(model(x_in), y)
+    if base == "noise":
+        return F.cross_entropy(model(UniformNoise(cfg.eps)(model, x_in, y, generator=gen)), y)
+    if base == "fgsm":
+        return F.cross_entropy(model(FGSMRS(cfg.eps)(model, x_in, y, generator=gen)), y)
+    if base == "pgd":
+        adv = PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x_in, y, generator=gen)
+        return F.cross_entropy(model(adv), y)
+    if base == "trades":
+        adv = TradesAttack(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x_in, y, generator=gen)
+        logits, logits_adv = model(torch.cat([x_in, adv])).float().chunk(2)
+        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+        return F.cross_entropy(logits, y) + cfg.trades_beta * kl
+    raise AssertionError(cfg.name)
+
+
+def train_step(cfg: MethodConfig, model, optimizer, x, y, bits=None, *, epoch: int, seed: int,
+               scaler: torch.amp.GradScaler | None = None) -> float:
+    """One optimizer step; AMP (float16 autocast + scaler) when ``scaler`` is given."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=scaler is not None):
+        loss = training_loss(cfg, model, x, y, bits, epoch=epoch, seed=seed)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach()
