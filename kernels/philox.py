@@ -3,8 +3,9 @@
 Written once on uint64 words masked to 32 bits, so the same function runs vectorised in numpy
 (the reference) and compiled by numba (the CPU path): all three back ends draw identical bits.
 
-Stream used by the SAT kernel: element with global offset ``o`` (in the flattened (N, H, W, C)
-batch) takes word ``o & 3`` of ``philox(key=seed, counter=(o >> 2, o >> 34, 0, 0))``.
+Stream used by the SAT kernel: element ``j`` of sample ``n`` (j indexes the flattened (H, W, C)
+sample) takes word ``j & 3`` of ``philox(key=seed, counter=(j >> 2, n, 0, 0))``: one Philox call
+serves four neighbouring elements, and groups never straddle two samples.
 """
 from __future__ import annotations
 
@@ -37,13 +38,12 @@ def split_seed(seed: int) -> tuple[np.uint64, np.uint64]:
     return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
 
 
-def draws_np(seed: int, n: int, start: int = 0) -> np.ndarray:
-    """uint32 words for global element offsets start..start+n-1 of the SAT stream."""
-    offsets = np.arange(start, start + n, dtype=np.uint64)
+def draws_np(seed: int, n_samples: int, sample_elems: int) -> np.ndarray:
+    """(N, S) uint32 words of the SAT stream for N samples of S elements."""
     k0, k1 = split_seed(seed)
-    c0 = (offsets >> np.uint64(2)) & MASK32
-    c1 = offsets >> np.uint64(34)
+    groups = (sample_elems + 3) // 4
+    c0 = np.broadcast_to(np.arange(groups, dtype=np.uint64), (n_samples, groups))
+    c1 = np.broadcast_to(np.arange(n_samples, dtype=np.uint64)[:, None], (n_samples, groups))
     zero = np.zeros_like(c0)
-    words = np.stack(philox4x32(k0, k1, c0, c1, zero, zero))  # (4, n)
-    lane = (offsets & np.uint64(3)).astype(np.intp)
-    return words[lane, np.arange(n)].astype(np.uint32)
+    words = np.stack(philox4x32(k0, k1, c0, c1, zero, zero), axis=-1)  # (N, groups, 4)
+    return words.reshape(n_samples, groups * 4)[:, :sample_elems].astype(np.uint32)

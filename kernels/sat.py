@@ -59,7 +59,7 @@ def threshold(p: float) -> int:
     return round(p * (1 << THRESHOLD_BITS))
 
 
-def _check(x, bits, granularity, eps, out_dtype, out=None) -> torch.Tensor:
+def _check(x, bits, granularity, p, eps, out_dtype, out=None) -> torch.Tensor:
     """Shared contract of every back end; raises on anything it would otherwise have to copy.
 
     Returns the (N, H, W, C) output buffer: ``out`` when given, else a new one."""
@@ -78,6 +78,7 @@ def _check(x, bits, granularity, eps, out_dtype, out=None) -> torch.Tensor:
         raise ValueError(f"x is on {x.device} but bits on {bits.device}")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps must be in [0, 1], got {eps}")
+    threshold(p)
     if out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be one of {OUT_DTYPES} (bf16 is too coarse for 1/255 steps)")
     if out is None:
@@ -99,9 +100,9 @@ def _as_nchw(y_nhwc: torch.Tensor) -> torch.Tensor:
 
 def sat_perturb_torch(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=torch.float32, out=None):
     """The executable spec: Eq. 9 + clip written out in torch, draws from the numpy Philox."""
-    out = _check(x, bits, granularity, eps, out_dtype, out)
+    out = _check(x, bits, granularity, p, eps, out_dtype, out)
     n, h, w, c = x.shape
-    r = torch.from_numpy(draws_np(seed, x.numel()).astype(np.int64)).view(n, h, w, c).to(x.device)
+    r = torch.from_numpy(draws_np(seed, n, h * w * c).astype(np.int64)).view(n, h, w, c).to(x.device)
     s = bitlayout.signs_torch(bits, (h, w, c), granularity)  # (N, H, W, C) ±1
     take_random = (r >> 8) < threshold(p)
     z = (r & 1).float() * 2 - 1
@@ -113,7 +114,6 @@ def sat_perturb_torch(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=torc
 # --- numba CPU path ----------------------------------------------------------------------------
 
 _cpu_kernel = None
-CPU_CHUNK = 1 << 14  # elements per parallel task (a multiple of 4)
 
 
 def _build_cpu_kernel():
@@ -122,46 +122,36 @@ def _build_cpu_kernel():
     philox = numba.njit(inline="always")(philox4x32)
 
     @numba.njit(parallel=True, cache=True)
-    def kernel(out, x, bits, sample_elems, sample_bytes, elems_per_bit, eps, thresh, k0, k1, scale):
-        total = x.size
+    def kernel(out, x, bits, n_samples, sample_elems, sample_bytes, elems_per_bit, eps, thresh, k0, k1, scale):
         zero = np.uint64(0)
-        for t in numba.prange((total + CPU_CHUNK - 1) // CPU_CHUNK):
-            start = t * CPU_CHUNK  # a multiple of 4: chunks start on a Philox group
-            stop = min(start + CPU_CHUNK, total)
-            n = start // sample_elems  # sample, element-in-sample, bit and element-in-bit, ...
-            j = start - n * sample_elems
-            b = j // elems_per_bit
-            sub = j - b * elems_per_bit  # ... then advanced by counting, not dividing
+        for n in numba.prange(n_samples):
+            base = n * sample_elems
+            bbase = n * sample_bytes
+            b = 0  # saliency bit of element j, and j's place inside that bit's run of elements:
+            sub = 0  # advanced by counting (no division in the loop)
             words = (zero, zero, zero, zero)
-            for o in range(start, stop):
-                if o & 3 == 0:
-                    g = np.uint64(o >> 2)
-                    words = philox(k0, k1, g & MASK32, g >> np.uint64(32), zero, zero)
-                r = words[o & 3]
+            for j in range(sample_elems):
+                if j & 3 == 0:  # Philox counter (j >> 2, n): one call for four elements
+                    words = philox(k0, k1, np.uint64(j >> 2), np.uint64(n), zero, zero)
+                r = words[j & 3]
                 if (r >> np.uint64(8)) < thresh:  # Eq. 9: P = α^t
                     up = (r & np.uint64(1)) == 1  # δ = z
                 else:
-                    up = (bits[n * sample_bytes + (b >> 3)] >> (b & 7)) & 1 == 0  # δ = −s
-                v = np.float32(x[o]) * scale + (eps if up else -eps)
-                out[o] = min(max(v, np.float32(0.0)), np.float32(1.0))
+                    up = (bits[bbase + (b >> 3)] >> (b & 7)) & 1 == 0  # δ = −s
+                v = np.float32(x[base + j]) * scale + (eps if up else -eps)
+                out[base + j] = min(max(v, np.float32(0.0)), np.float32(1.0))
                 sub += 1
                 if sub == elems_per_bit:
                     sub = 0
                     b += 1
-                j += 1
-                if j == sample_elems:
-                    n += 1
-                    j = 0
-                    b = 0
-                    sub = 0
 
     return kernel
 
 
 def sat_perturb_cpu(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=torch.float32, out=None):
-    """numba, parallel over element groups; same Philox stream as the reference."""
+    """numba, parallel over samples; same Philox stream as the reference."""
     global _cpu_kernel
-    out = _check(x, bits, granularity, eps, out_dtype, out)
+    out = _check(x, bits, granularity, p, eps, out_dtype, out)
     if x.device.type != "cpu" or x.dtype == torch.float16:
         raise ValueError("sat_perturb_cpu takes uint8 or float32 CPU tensors")
     if _cpu_kernel is None:
@@ -170,7 +160,7 @@ def sat_perturb_cpu(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=torch.
     y = out if out_dtype == torch.float32 else torch.empty((n, h, w, c), dtype=torch.float32)
     k0, k1 = split_seed(seed)
     scale = INV255 if x.dtype == torch.uint8 else np.float32(1.0)
-    _cpu_kernel(y.view(-1).numpy(), x.view(-1).numpy(), bits.view(-1).numpy(), h * w * c,
+    _cpu_kernel(y.view(-1).numpy(), x.view(-1).numpy(), bits.view(-1).numpy(), n, h * w * c,
                 bits.shape[1], bitlayout.bits_per_channel_group((h, w, c), granularity), np.float32(eps),
                 np.uint64(threshold(p)), k0, k1, scale)
     if y is not out:
@@ -188,22 +178,21 @@ import triton.language as tl  # noqa: E402
 def _sat_kernel(out_ptr, x_ptr, bits_ptr, sample_elems, sample_bytes, eps, thresh, seed,
                 X_IS_U8: tl.constexpr, ELEMS_PER_BIT: tl.constexpr, BLOCK: tl.constexpr):
     # grid = (N, ⌈H·W·C / BLOCK⌉): one sample per row, so the sample index needs no division
-    n = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(0)
     j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # element index inside the sample
     mask = j < sample_elems
-    offs = n * sample_elems + j  # int64 global offset: Philox counter and memory address
+    offs = n.to(tl.int64) * sample_elems + j  # int64: N·H·W·C may pass 2³¹
     x = tl.load(x_ptr + offs, mask=mask, other=0).to(tl.float32)
     if X_IS_U8:
         x = x * 0.003921568859368563  # float32(1/255)
     b = j // ELEMS_PER_BIT  # saliency bit index (pixel granularity: C elements share a bit)
-    byte = tl.load(bits_ptr + n * sample_bytes + (b >> 3), mask=mask, other=0).to(tl.int32)
+    byte = tl.load(bits_ptr + n.to(tl.int64) * sample_bytes + (b >> 3), mask=mask, other=0).to(tl.int32)
     s_bit = (byte >> (b & 7)) & 1  # 1 ⇔ s = +1
-    c0 = (offs >> 2).to(tl.uint32)
-    c1 = (offs >> 34).to(tl.uint32)
-    zero = c0 * 0
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, zero, zero)
-    lane = offs & 3
-    r = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+    # one Philox call per 4 elements: counter (j >> 2, n); element 4g + k takes word k
+    g = (tl.program_id(1) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)).to(tl.uint32)
+    zero = g * 0
+    r0, r1, r2, r3 = tl.philox(seed, g, zero + n.to(tl.uint32), zero, zero)
+    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK,))  # [r0, r1, r2, r3] per group
     take_random = (r >> 8).to(tl.int32) < thresh  # Eq. 9: P = α^t
     up = tl.where(take_random, (r & 1).to(tl.int32), 1 - s_bit)  # δ = z, else δ = −s
     y = x + tl.where(up != 0, eps, -eps)  # Algorithm 1: x + ε₀·δ ...
@@ -212,14 +201,19 @@ def _sat_kernel(out_ptr, x_ptr, bits_ptr, sample_elems, sample_bytes, eps, thres
 
 
 def default_block(sample_elems: int) -> int:
-    """BLOCK per program: large under the interpreter (per-program overhead), ≤ 4096 on GPU."""
-    cap = 1 << 16 if os.environ.get("TRITON_INTERPRET") == "1" else 4096
-    return min(cap, triton.next_power_of_2(sample_elems))
+    """BLOCK per program: the largest of 2048/1024/512 that pads a sample by ≤ 1/16 (measured best
+    on H100, bench/RESULTS.md); one block per sample under the interpreter (per-program overhead)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return max(4, min(1 << 16, triton.next_power_of_2(sample_elems)))
+    for block in (2048, 1024, 512):
+        if triton.cdiv(sample_elems, block) * block - sample_elems <= sample_elems // 16:
+            return block
+    return max(4, min(512, triton.next_power_of_2(sample_elems)))
 
 
 def sat_perturb_triton(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=torch.float32, out=None, block=None):
     """Launcher of the fused kernel: asserts the contract, allocates the output, never copies."""
-    out = _check(x, bits, granularity, eps, out_dtype, out)
+    out = _check(x, bits, granularity, p, eps, out_dtype, out)
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("sat_perturb_triton needs CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)")
     split_seed(seed)
@@ -228,6 +222,7 @@ def sat_perturb_triton(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=tor
         return _as_nchw(out)
     sample_elems = h * w * c
     block = block or default_block(sample_elems)
+    assert block >= 4 and block & (block - 1) == 0, "BLOCK must be a power of two ≥ 4 (whole Philox groups)"
     grid = (n, triton.cdiv(sample_elems, block))
     _sat_kernel[grid](out, x, bits, sample_elems, bits.shape[1], float(np.float32(eps)), threshold(p), seed,
                       X_IS_U8=x.dtype == torch.uint8,

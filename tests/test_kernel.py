@@ -196,3 +196,27 @@ def test_cuda_kernel_matches_reference(granularity, out_dtype):
     ref = sat.sat_perturb_torch(x, b, **kw)
     got = sat.sat_perturb(x.cuda(), b.cuda(), **kw).cpu()
     assert torch.equal(got, ref)  # same Philox stream, no FMA contraction: bit-identical
+
+
+@pytest.mark.parametrize("block", [4, 16, 64])
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_triton_several_blocks_per_sample(block, granularity):
+    # S = 105: not a multiple of 4 or of the block, so groups and blocks end mid-sample
+    shape = (3, 5, 7, 3)
+    x, b = batch(shape, granularity)
+    kw = dict(p=0.5, seed=42, granularity=granularity)
+    if CUDA:
+        got = sat.sat_perturb_triton(x.cuda(), b.cuda(), block=block, **kw).cpu()
+    else:
+        got = sat.sat_perturb_triton(x, b, block=block, **kw)
+    assert torch.equal(got, sat.sat_perturb_torch(x, b, **kw))
+
+
+def test_default_block_pads_little(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for elems in [1, 7, 3 * 32 * 32, 3 * 64 * 64, 3 * 224 * 224, 1023]:
+        block = sat.default_block(elems)
+        assert block >= 4 and block & (block - 1) == 0
+        padded = -(-elems // block) * block
+        assert padded - elems <= max(elems // 16, block - 1)
+    assert sat.default_block(3 * 32 * 32) == 1024
