@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .attacks import FGSMRS, PGD, TradesAttack, UniformNoise
 from .augment import augment
-from .kernels.sat import EPS0, random_prob, sat_perturb
+from .kernels.sat import ALPHA, EPS0, random_prob, sat_perturb
 
 METHODS = ("standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_noise", "pgd_sat",
            "trades", "trades_noise", "trades_sat")
@@ -33,6 +33,7 @@ SALIENCY_METHODS = tuple(m for m in METHODS if m.endswith("sat"))
 class MethodConfig:
     name: str = "sat"
     eps: float = EPS0  # ε₀ of SAT / noise / attacks in training, pixel units
+    sat_alpha: float = ALPHA  # Eq. 9 decay: P(random) = sat_alpha ** epoch
     pgd_steps: int = 5
     pgd_alpha: float = 2 / 255  # pixel units
     trades_beta: float = 6.0
@@ -67,7 +68,8 @@ def mix_saliency(bits: torch.Tensor, bits2: torch.Tensor, generator: torch.Gener
 
 
 def training_loss(cfg: MethodConfig, model, x, y, bits=None, *, epoch: int, seed: int):
-    """Loss of one batch: ``x`` (N, H, W, C) uint8 or float, ``bits`` (N, nbytes) packed saliency."""
+    """(loss, logits) of one batch: ``x`` (N, H, W, C) uint8 or float, ``bits`` (N, nbytes) packed
+    saliency; the logits are those the CE term saw (for the training accuracy)."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     base, _, extra = cfg.name.partition("_")
     if extra in ("noise", "sat") and base in ("pgd", "trades"):
@@ -76,34 +78,34 @@ def training_loss(cfg: MethodConfig, model, x, y, bits=None, *, epoch: int, seed
     if base == "sat":
         if bits is None:
             raise ValueError(f"method {cfg.name} needs a saliency field")
-        x_in = sat_perturb(x, bits, p=random_prob(epoch), seed=seed, granularity=cfg.granularity,
+        x_in = sat_perturb(x, bits, p=random_prob(epoch, cfg.sat_alpha), seed=seed, granularity=cfg.granularity,
                            eps=cfg.eps, out_dtype=cfg.out_dtype)
-        return F.cross_entropy(model(augment(x_in, cfg.pad, cfg.flip, gen)), y)
-    x_in = augment(to_unit(x), cfg.pad, cfg.flip, gen)
-    if base == "standard":
-        return F.cross_entropy(model(x_in), y)
+        x_in = augment(x_in, cfg.pad, cfg.flip, gen)
+    else:
+        x_in = augment(to_unit(x), cfg.pad, cfg.flip, gen)
     if base == "noise":
-        return F.cross_entropy(model(UniformNoise(cfg.eps)(model, x_in, y, generator=gen)), y)
-    if base == "fgsm":
-        return F.cross_entropy(model(FGSMRS(cfg.eps)(model, x_in, y, generator=gen)), y)
-    if base == "pgd":
-        adv = PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x_in, y, generator=gen)
-        return F.cross_entropy(model(adv), y)
-    if base == "trades":
+        x_in = UniformNoise(cfg.eps)(model, x_in, y, generator=gen)
+    elif base == "fgsm":
+        x_in = FGSMRS(cfg.eps)(model, x_in, y, generator=gen)
+    elif base == "pgd":
+        x_in = PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x_in, y, generator=gen)
+    elif base == "trades":
         adv = TradesAttack(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x_in, y, generator=gen)
         logits, logits_adv = model(torch.cat([x_in, adv])).float().chunk(2)
         kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
-        return F.cross_entropy(logits, y) + cfg.trades_beta * kl
-    raise AssertionError(cfg.name)
+        return F.cross_entropy(logits, y) + cfg.trades_beta * kl, logits
+    logits = model(x_in)
+    return F.cross_entropy(logits, y), logits
 
 
 def train_step(cfg: MethodConfig, model, optimizer, x, y, bits=None, *, epoch: int, seed: int,
-               scaler: torch.amp.GradScaler | None = None) -> float:
-    """One optimizer step; AMP (float16 autocast + scaler) when ``scaler`` is given."""
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; AMP (float16 autocast + scaler) when ``scaler`` is given.
+    Returns (loss, number of correct predictions), both detached device tensors (no sync)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=scaler is not None):
-        loss = training_loss(cfg, model, x, y, bits, epoch=epoch, seed=seed)
+        loss, logits = training_loss(cfg, model, x, y, bits, epoch=epoch, seed=seed)
     if scaler is None:
         loss.backward()
         optimizer.step()
@@ -111,4 +113,4 @@ def train_step(cfg: MethodConfig, model, optimizer, x, y, bits=None, *, epoch: i
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-    return loss.detach()
+    return loss.detach(), (logits.detach().argmax(1) == y).sum()

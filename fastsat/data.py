@@ -1,0 +1,119 @@
+"""Batches for training and evaluation: (x, y, bits) with x (N, H, W, C) uint8 on the device.
+
+Two sources with one interface, ``loader.epoch(e)`` → iterator of batches:
+  * :class:`FFCVBatches` — the stock FFCV Loader (CPU decode, pinned memory, non-blocking copy),
+    RANDOM order seeded by (seed + epoch), so any epoch can be replayed (resume);
+  * :class:`ResidentBatches` — the whole beton held on the device, batches gathered there
+    (small sets: no host→device traffic at all).
+Saliency bits go to the SAT kernel untouched; augmentation happens after it (``augment.py``).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from .beton import BetonInfo
+
+Batch = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]
+
+
+def _quiet_numba_finalizer() -> None:
+    """FFCV 1.0.2: every Loader after the first makes a numba dispatcher finalizer raise a harmless
+    KeyError at garbage collection; keep it off stderr, pass every other unraisable exception on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_fastsat", False):
+        return
+
+    def hook(unraisable):
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if unraisable.exc_type is KeyError and tb is not None and "numba" in tb.tb_frame.f_code.co_filename:
+            return
+        previous(unraisable)
+
+    hook._fastsat = True
+    sys.unraisablehook = hook
+
+
+def _loader(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int, device: torch.device,
+            train: bool, seed: int, distributed: bool = False):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.decoders import NDArrayDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+    _quiet_numba_finalizer()
+    to = [ToTensor(), ToDevice(device, non_blocking=True)]
+    pipelines = {"image": [SimpleRGBImageDecoder(), *to], "label": [IntDecoder(), *to, Squeeze(1)]}
+    for name in fields:
+        pipelines[name] = [NDArrayDecoder(), *to]
+    for name in info.manifest["fields"]:
+        pipelines.setdefault(name, None)  # fields not asked for are not decoded
+    threads = torch.get_num_threads()
+    loader = Loader(str(info.path), batch_size=batch_size, num_workers=workers,
+                    order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, pipelines=pipelines,
+                    drop_last=train, seed=seed, distributed=distributed, os_cache=True)
+    torch.set_num_threads(threads)  # FFCV sets torch's thread count to `workers` for the process
+    return loader
+
+
+class FFCVBatches:
+    """The FFCV loader over a beton; yields (x uint8 NHWC, y int64, sal, sal2)."""
+
+    def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, workers: int,
+                 device: torch.device, train: bool, seed: int, distributed: bool = False):
+        self.fields = fields
+        self.loader = _loader(info, fields, batch_size=batch_size, workers=workers, device=device, train=train,
+                              seed=seed, distributed=distributed)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        self.loader.next_epoch = epoch  # FFCV's RANDOM order is a permutation seeded by seed + epoch
+        threads = torch.get_num_threads()
+        for batch in self.loader:
+            torch.set_num_threads(threads)
+            x, y, *sal = batch
+            sal += [None] * (2 - len(sal))
+            yield x, y.long(), sal[0], sal[1]
+
+
+class ResidentBatches:
+    """The whole beton on ``device`` (read once through FFCV); batches are gathered there."""
+
+    def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, workers: int,
+                 device: torch.device, train: bool, seed: int):
+        source = FFCVBatches(info, fields, batch_size=512, workers=workers, device=torch.device("cpu"),
+                             train=False, seed=seed)
+        parts = list(zip(*[[t if t is None else t.clone() for t in b] for b in source.epoch(0)]))
+        self.tensors = [None if p[0] is None else torch.cat(p).to(device) for p in parts]
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+
+    def __len__(self):
+        n = len(self.tensors[1])
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        n = len(self.tensors[1])
+        if self.train:  # a permutation seeded by seed + epoch, like FFCV's RANDOM order
+            order = torch.from_numpy(np.random.default_rng(self.seed + epoch).permutation(n))
+        else:
+            order = torch.arange(n)
+        order = order.to(self.tensors[1].device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield tuple(None if t is None else t[idx] for t in self.tensors)
+
+
+def make_batches(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int, device: torch.device,
+                 train: bool, seed: int, resident: bool = False, distributed: bool = False):
+    if resident and not distributed:
+        return ResidentBatches(info, fields, batch_size=batch_size, workers=workers, device=device, train=train,
+                               seed=seed)
+    return FFCVBatches(info, fields, batch_size=batch_size, workers=workers, device=device, train=train, seed=seed,
+                       distributed=distributed)

@@ -1,0 +1,139 @@
+"""fastsat.train end to end on the digits betons: bookkeeping, resume, config, bad input, DDP."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastsat.compare import main as compare_main
+from fastsat.config import load_config
+from fastsat.evaluate import main as evaluate_main
+from fastsat.train import main as train_main
+from fastsat.writers.common import InputError
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_everything(tmp_path, tiny_flags, capsys):
+    out = tmp_path / "run"
+    assert train_main([*tiny_flags, "--method", "sat", "--epochs", "2", "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", "robustness.md", "robustness.png"} <= names
+    lines = metrics(out)
+    assert [m["epoch"] for m in lines] == [0, 1]
+    assert {"loss", "train_acc", "val_acc", "epoch_seconds", "images_per_s"} <= set(lines[0])
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["method"] == "sat" and "torch" in saved and "git_commit" in saved
+    robust = json.loads((out / "robustness.json").read_text())
+    assert set(robust) == {"clean", "pgd5", "noise", "trades", "saliency"}
+    assert "| pgd5 |" in capsys.readouterr().out
+
+
+def test_resume_gives_the_same_metrics(tmp_path, tiny_flags):
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    flags = [*tiny_flags, "--method", "sat", "--eval-eps", "2"]
+    assert train_main([*flags, "--epochs", "3", "--out", str(straight)]) == 0
+    assert train_main([*flags, "--epochs", "1", "--out", str(resumed)]) == 0  # "interrupted" after epoch 1
+    assert train_main([*flags, "--epochs", "3", "--out", str(resumed), "--resume"]) == 0
+    keys = ("epoch", "loss", "train_acc", "val_acc")
+    assert [{k: m[k] for k in keys} for m in metrics(straight)] == [{k: m[k] for k in keys} for m in metrics(resumed)]
+    assert json.loads((straight / "robustness.json").read_text()) == json.loads((resumed / "robustness.json").read_text())
+
+
+def test_config_file_then_flags(tmp_path):
+    (tmp_path / "c.toml").write_text('method = "pgd"\nepochs = 7\neval_eps = [1, 2]\n')
+    cfg = load_config(["--config", str(tmp_path / "c.toml"), "--epochs", "9"])
+    assert (cfg.method, cfg.epochs, cfg.eval_eps) == ("pgd", 9, [1, 2])
+    (tmp_path / "c.yaml").write_text("method: trades\nbogus: 1\n")
+    with pytest.raises(InputError, match="unknown keys bogus"):
+        load_config(["--config", str(tmp_path / "c.yaml")])
+
+
+@pytest.mark.parametrize("flags,word", [
+    (["--method", "magic"], "unknown method"),
+    (["--model", "resnet9000"], "unknown model"),
+    (["--eps", "1.5"], "eps must be in"),
+    (["--hybrid-p", "-0.1"], "hybrid_p must be in"),
+    (["--method", "sat", "--sal-mix"], "no saliency field 'sal2'"),
+])
+def test_bad_input(tmp_path, tiny_flags, capsys, flags, word):
+    assert train_main([*tiny_flags, "--epochs", "1", "--out", str(tmp_path / "x"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert word in err[-1]
+
+
+def test_saliency_method_on_a_beton_without_saliency(tmp_path, tiny_flags, capsys):
+    from tests import layouts
+    from fastsat.write_beton import main as write_main
+
+    layouts.cifar(tmp_path, "cifar10", per_batch=8)
+    for split in ("train", "test"):
+        assert write_main(["--dataset", "cifar10", "--root", str(tmp_path), "--split", split,
+                           "--out", str(tmp_path / f"{split}.beton")]) == 0
+    flags = [*tiny_flags, "--train", str(tmp_path / "train.beton"), "--val", str(tmp_path / "test.beton")]
+    assert train_main([*flags, "--method", "pgd_sat", "--epochs", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "no saliency field 'sal'" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_flags, capsys):
+    out = tmp_path / "run"
+    assert train_main([*tiny_flags, "--epochs", "1", "--out", str(out), "--method", "standard"]) == 0
+    before = (out / "metrics.jsonl").read_text()
+    assert train_main([*tiny_flags, "--epochs", "1", "--out", str(out), "--method", "noise"]) == 2
+    assert "holds another run" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == before
+    assert train_main([*tiny_flags, "--epochs", "2", "--out", str(out), "--method", "noise", "--resume"]) == 2
+    assert "method is 'noise' but the run" in capsys.readouterr().err
+
+
+def test_evaluate_checkpoint_and_mismatch(tmp_path, tiny_flags, digits, capsys):
+    out = tmp_path / "run"
+    assert train_main([*tiny_flags, "--epochs", "1", "--out", str(out), "--method", "standard"]) == 0
+    capsys.readouterr()
+    assert evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--eval-eps", "1,3", "--eval-limit", "32",
+                          "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "robustness.json").read_text())["pgd5"].keys() == {"1", "3"}
+    from tests import layouts
+    from fastsat.write_beton import main as write_main
+
+    layouts.cifar(tmp_path, "cifar100", per_batch=4)
+    assert write_main(["--dataset", "cifar100", "--root", str(tmp_path), "--split", "test",
+                       "--out", str(tmp_path / "c100.beton")]) == 0
+    assert evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--val", str(tmp_path / "c100.beton")]) == 2
+    assert "100 classes" in capsys.readouterr().err
+
+
+def test_gpu_resident_loader_matches_ffcv(tmp_path, tiny_flags):
+    a, b = tmp_path / "a", tmp_path / "b"
+    flags = [*tiny_flags, "--method", "sat", "--epochs", "1", "--eval-eps", "2"]
+    assert train_main([*flags, "--out", str(a)]) == 0
+    assert train_main([*flags, "--out", str(b), "--gpu-resident"]) == 0
+    keys = ("loss", "train_acc", "val_acc")
+    assert [{k: m[k] for k in keys} for m in metrics(a)] == [{k: m[k] for k in keys} for m in metrics(b)]
+
+
+def test_compare_runner(tmp_path, tiny_flags, capsys):
+    out = tmp_path / "cmp"
+    assert compare_main([*tiny_flags, "--methods", "standard,sat", "--epochs", "1", "--out", str(out)]) == 0
+    table = (out / "comparison.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["standard", "sat"]
+    assert (out / "frontier.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(tmp_path, tiny_flags):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "fastsat.train", *tiny_flags, "--epochs", "1", "--method", "sat", "--out", str(out),
+           "--device", "cpu", "--eval-eps", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = metrics(out)
+    assert line["ranks_agree"] is True
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 1
