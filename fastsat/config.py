@@ -33,6 +33,8 @@ class TrainConfig:
     # model
     model: str = "resnet18"  # resnet10/18/34 (CIFAR stem, registered in timm) or any timm name
     width: float = 1.0  # channel multiplier of the fastsat ResNets (narrow = quick on CPU)
+    init: str = ""  # checkpoint whose weights start this run (e.g. to fine-tune a pruned teacher)
+    sparsity: float = 0.0  # global magnitude pruning of conv/linear weights at the start, kept while training
     # method
     method: str = "sat"  # one of fastsat.methods.METHODS
     eps: float = EPS0  # ε₀ of SAT / noise / training attacks, pixel units in [0, 1]
@@ -65,6 +67,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:
             raise InputError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise InputError(f"sparsity must be in [0, 1), got {self.sparsity}")
         for name in ("eps", "hybrid_p", "pgd_alpha"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -80,6 +80,36 @@ def build(cfg: TrainConfig, info, device):
     return model, optimizer, scaler
 
 
+def prunable(model) -> list[torch.nn.Parameter]:
+    """Weights that global magnitude pruning considers: every conv and linear weight."""
+    return [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+
+def magnitude_masks(model, sparsity: float) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Global magnitude pruning: zero the smallest |w| across all prunable weights (DESIGN: the
+    paper's 95%-sparse teacher). Returns (weight, keep-mask) pairs, already applied."""
+    weights = prunable(model)
+    scores = torch.cat([w.detach().abs().flatten() for w in weights])
+    k = math.ceil(sparsity * scores.numel())
+    if k == 0:
+        return []
+    cut = torch.kthvalue(scores.cpu(), k).values.item()
+    masks = [(w, w.detach().abs() > cut) for w in weights]
+    apply_masks(masks)
+    return masks
+
+
+def apply_masks(masks) -> None:
+    with torch.no_grad():
+        for w, keep in masks:
+            w.mul_(keep)
+
+
+def measured_sparsity(model) -> float:
+    weights = prunable(model)
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
 def load_checkpoint(path: Path, device) -> dict:
     """A checkpoint with its model rebuilt (``ckpt['model']``), for evaluation or saliency."""
     if not Path(path).is_file():
@@ -155,6 +185,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     out, state = _prepare_out(cfg, identity)
 
     model, optimizer, scaler = build(cfg, info, device)
+    if cfg.init and state is None:
+        init = load_checkpoint(Path(cfg.init), device)
+        try:
+            model.load_state_dict(init["model"].state_dict())
+        except RuntimeError:
+            raise InputError(f"--init {cfg.init}: its model ({init['config']['model']}, width "
+                             f"{init['config']['width']}, {init['num_classes']} classes) does not match this run's") from None
     start = 0
     if state is not None:
         model.load_state_dict(state["model_state"])
@@ -163,6 +200,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         start = state["epoch"]
+    masks = magnitude_masks(model, cfg.sparsity) if cfg.sparsity else []
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -193,6 +231,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             if cfg.sal_mix:
                 sal = mix_saliency(sal, sal2, mix_gen.manual_seed(seed))
             loss, ok = train_step(mcfg, net, optimizer, x, y, sal, epoch=epoch, seed=seed, scaler=scaler)
+            apply_masks(masks)  # pruned weights stay zero
             loss_sum += loss * len(y)
             correct += ok
             seen += len(y)
@@ -204,6 +243,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         line = {"epoch": epoch, "lr": lr, "loss": loss_sum.item() / max(seen, 1),
                 "train_acc": 100.0 * correct.item() / max(seen, 1), "epoch_seconds": seconds,
                 "images_per_s": seen * world / seconds, "p_random": cfg.sat_alpha ** epoch}
+        if masks:
+            line["sparsity"] = measured_sparsity(model)
         if distributed:
             line["ranks_agree"] = _ranks_agree(model)
         if rank == 0:
@@ -221,7 +262,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                       f"val {line['val_acc']:.1f}%, {seconds:.1f} s, {line['images_per_s']:.0f} img/s",
                       file=sys.stderr)
     summary = {"method": cfg.method, "train_seconds": train_seconds,
-               "images_per_s": images * world / train_seconds if images else None}
+               "images_per_s": images * world / train_seconds if images else None,
+               "sparsity": measured_sparsity(model)}
     if rank == 0:
         granularity = val_info.granularity() if "sal" in val_info.saliency else None
         summary["robustness"] = robustness(model, val_batches, cfg, granularity, progress=progress)
