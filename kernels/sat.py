@@ -134,11 +134,11 @@ def _build_cpu_kernel():
                 if j & 3 == 0:  # Philox counter (j >> 2, n): one call for four elements
                     words = philox(k0, k1, np.uint64(j >> 2), np.uint64(n), zero, zero)
                 r = words[j & 3]
-                if (r >> np.uint64(8)) < thresh:  # Eq. 9: P = α^t
-                    up = (r & np.uint64(1)) == 1  # δ = z
-                else:
-                    up = (bits[bbase + (b >> 3)] >> (b & 7)) & 1 == 0  # δ = −s
-                v = np.float32(x[base + j]) * scale + (eps if up else -eps)
+                rnd = np.int64((r >> np.uint64(8)) < thresh)  # Eq. 9: random with P = α^t
+                z = np.int64(r & np.uint64(1))  # δ = z ...
+                s_bit = np.int64((bits[bbase + (b >> 3)] >> (b & 7)) & 1)  # ... else δ = −s
+                up = (rnd & z) | ((1 - rnd) & (1 - s_bit))  # branch-free: p ≈ ½ defeats prediction
+                v = np.float32(x[base + j]) * scale + eps * np.float32(2 * up - 1)
                 out[base + j] = min(max(v, np.float32(0.0)), np.float32(1.0))
                 sub += 1
                 if sub == elems_per_bit:
