@@ -211,7 +211,8 @@ def default_block(sample_elems: int) -> int:
     return max(4, min(512, triton.next_power_of_2(sample_elems)))
 
 
-def sat_perturb_triton(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=torch.float32, out=None, block=None):
+def sat_perturb_triton(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=torch.float32, out=None, block=None,
+                       num_warps=4):
     """Launcher of the fused kernel: asserts the contract, allocates the output, never copies."""
     out = _check(x, bits, granularity, p, eps, out_dtype, out)
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -227,7 +228,7 @@ def sat_perturb_triton(x, bits, *, p, seed, granularity, eps=EPS0, out_dtype=tor
     _sat_kernel[grid](out, x, bits, sample_elems, bits.shape[1], float(np.float32(eps)), threshold(p), seed,
                       X_IS_U8=x.dtype == torch.uint8,
                       ELEMS_PER_BIT=bitlayout.bits_per_channel_group((h, w, c), granularity), BLOCK=block,
-                      enable_fp_fusion=False)  # no FMA: x·(1/255) + ε rounds as in the reference
+                      num_warps=num_warps, enable_fp_fusion=False)  # no FMA: x·(1/255) + ε rounds as in the reference
     return _as_nchw(out)
 
 
