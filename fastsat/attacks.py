@@ -33,6 +33,16 @@ def _project(x_adv, x, eps):
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
 
 
+def _ascend(model, x, x_adv, loss_fn, eps, alpha, steps):
+    """``steps`` signed-gradient ascent steps of size alpha on loss_fn(model(x_adv)), projected to
+    the ε-ball around x and to [0, 1]; returns the last iterate."""
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(model(x_adv).float()), x_adv)
+        x_adv = _project(x_adv.detach() + alpha * grad.sign(), x, eps)
+    return x_adv
+
+
 def _uniform(x, eps, generator=None):
     return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
 
@@ -48,12 +58,7 @@ class PGD(Attack):
 
     def perturb(self, model, x, y, generator=None):
         x_adv = _project(x + _uniform(x, self.eps, generator), x, self.eps) if self.random_start else x.clone()
-        for _ in range(self.steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv).float(), y)
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = _project(x_adv.detach() + self.alpha * grad.sign(), x, self.eps)
-        return x_adv
+        return _ascend(model, x, x_adv, lambda logits: F.cross_entropy(logits, y), self.eps, self.alpha, self.steps)
 
 
 @dataclass
@@ -85,12 +90,8 @@ class TradesAttack(Attack):
             p_clean = F.softmax(model(x).float(), dim=1)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = (x + 0.001 * noise).clamp(0, 1)
-        for _ in range(self.steps):
-            x_adv.requires_grad_(True)
-            loss = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = _project(x_adv.detach() + self.alpha * grad.sign(), x, self.eps)
-        return x_adv
+        kl = lambda logits: F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")  # noqa: E731
+        return _ascend(model, x, x_adv, kl, self.eps, self.alpha, self.steps)
 
 
 @dataclass

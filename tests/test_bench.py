@@ -1,0 +1,27 @@
+"""Smoke test of the benchmark: `bench/throughput.py --quick` runs end to end and writes its JSON
+and plot with every section (structure only: speeds belong to bench/, not to tests)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_throughput_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--device", "cpu",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "throughput.json").read_text())
+    assert {"machine", "kernel", "train_step", "loader", "goals"} <= set(data)
+    assert {r["provider"] for r in data["kernel"]["results"]} == {"cpu", "eager"}
+    methods = [r["method"] for r in data["train_step"]]
+    assert methods == ["standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_sat", "trades", "trades_sat"]
+    assert all(r["images_per_s"] > 0 and r["relative_to_standard"] > 0 for r in data["train_step"])
+    assert {"ffcv image+label", "ffcv +sal", "ffcv +sal+sal2", "torch DataLoader +sal+sal2"} <= set(data["loader"])
+    assert {"sat_over_standard", "pgd_sat_over_pgd", "loader_over_model", "saliency_overhead"} <= set(data["goals"])
+    assert (tmp_path / "throughput.png").stat().st_size > 5000
+    assert "| sat |" in proc.stdout
