@@ -41,13 +41,51 @@ def run(device: torch.device, quick: bool = False) -> dict:
     return {"results": results, "table": markdown_table(["teacher", "method", "images/s"], rows)}
 
 
+def write_throughput(samples: int, method: str, device: torch.device) -> dict:
+    """End to end: `python -m fastsat.write_beton --saliency METHOD --teacher CKPT` on a CIFAR-layout
+    set of `samples` random images, with a ResNet-10 teacher trained one epoch on it."""
+    import tempfile
+    import time
+    from bench.loader import write_cifar_layout
+    from fastsat.config import TrainConfig
+    from fastsat.train import train
+    from fastsat.write_beton import main as write_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_cifar_layout(tmp, samples, np.random.default_rng(0))
+        for split in ("train", "test"):
+            assert write_main(["--dataset", "cifar10", "--root", str(tmp), "--split", split,
+                               "--out", str(tmp / f"{split}.beton")]) == 0
+        cfg = TrainConfig(train=str(tmp / "train.beton"), val=str(tmp / "train.beton"), model="resnet10",
+                          method="standard", epochs=1, out=str(tmp / "teacher"), eval_eps=[1], eval_noise=[8],
+                          eval_limit=64, device=device.type)
+        train(cfg, progress=False)
+        t0 = time.perf_counter()
+        assert write_main(["--dataset", "cifar10", "--root", str(tmp), "--split", "train", "--out",
+                           str(tmp / "sal.beton"), "--saliency", method, "--teacher",
+                           str(tmp / "teacher" / "checkpoint.pt"), "--device", device.type]) == 0
+        seconds = time.perf_counter() - t0
+    return {"samples": samples, "method": method, "teacher": "resnet10 (width 1.0)", "seconds": seconds,
+            "images_per_s": samples / seconds}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
+    ap.add_argument("--write-samples", type=int, default=0,
+                    help="instead: time a whole `write_beton --saliency METHOD` of this many CIFAR-size samples")
+    ap.add_argument("--method", default="gbp")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    if args.write_samples:
+        result = write_throughput(args.write_samples, args.method, device)
+        write_json(args.out / "saliency_write.json", {"machine": machine(device), **result})
+        print(f"write_beton --saliency {result['method']} ({result['teacher']} teacher): {result['samples']} "
+              f"samples in {result['seconds']:.1f} s = {result['images_per_s']:.0f} images/s")
+        return
     payload = run(device, args.quick)
     info = machine(device)
     write_json(args.out / "saliency.json", {"machine": info, **payload})
