@@ -2,9 +2,10 @@
 
     python bench/throughput.py [--device cpu|cuda] [--quick] [--out DIR]
 
-Training steps run on synthetic uint8 batches already on the device (random pixels and saliency
-bits: speed does not depend on content), so this part needs neither ffcv nor a dataset. The loader
-section runs only where ffcv is installed. Output: a markdown table, DIR/throughput.json and
+Where ffcv is installed, it writes a CIFAR-layout beton (random pixels and saliency bits: speed does
+not depend on content), measures the loaders on it, and feeds every training step from the FFCV
+loader (loader included in the step time). Without ffcv (or with --skip-loader) the steps run on
+synthetic uint8 batches already on the device, so a GPU machine without ffcv can still run it. Output: a markdown table, DIR/throughput.json and
 DIR/throughput.png (epoch cost of each method relative to standard, as the paper's Fig. 4).
 """
 from __future__ import annotations
@@ -26,15 +27,35 @@ from fastsat.models import build_model  # noqa: E402
 BENCH_METHODS = ("standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_sat", "trades", "trades_sat")
 
 
-def step_throughput(device, quick: bool, methods=BENCH_METHODS):
-    """images/s of one optimizer step per method: same model, batch and data for all."""
-    cuda = device.type == "cuda"
-    batch, width = (512, 1.0) if cuda else (64, 0.25 if quick else 0.5)
-    nbatches = 4
+def synthetic_batches(device, batch: int, nbatches: int = 4):
+    """Endless (x, y, sal) from a few random batches already on the device (no loader)."""
     xs = torch.randint(0, 256, (nbatches, batch, 32, 32, 3), dtype=torch.uint8, device=device)
     ys = torch.randint(0, 10, (nbatches, batch), device=device)
-    bs = bitlayout.pack_torch(torch.rand(nbatches * batch, 32 * 32 * 3, device=device) < 0.5)
-    bs = bs.view(nbatches, batch, -1)
+    bs = bitlayout.pack_torch(torch.rand(nbatches * batch, 32 * 32 * 3, device=device) < 0.5).view(nbatches, batch, -1)
+    while True:
+        for k in range(nbatches):
+            yield xs[k], ys[k], bs[k]
+
+
+def loader_batches(loader):
+    """Endless (x, y, sal) from an FFCV loader, epoch after epoch (the loader is in the timing)."""
+    epoch = 0
+    while True:
+        for x, y, sal, _ in loader.epoch(epoch):
+            yield x, y, sal
+        epoch += 1
+
+
+def step_batch_size(device) -> int:
+    return 512 if device.type == "cuda" else 64
+
+
+def step_throughput(device, quick: bool, source=None, methods=BENCH_METHODS):
+    """images/s of one optimizer step per method: same model, batch and data for all; ``source``
+    yields (x, y, sal) batches (default: synthetic ones on the device)."""
+    cuda = device.type == "cuda"
+    batch, width = step_batch_size(device), (1.0 if cuda else (0.25 if quick else 0.5))
+    source = source or synthetic_batches(device, batch)
     results = []
     for name in methods:
         torch.manual_seed(0)
@@ -47,8 +68,8 @@ def step_throughput(device, quick: bool, methods=BENCH_METHODS):
 
         def step():
             i = state["i"] = state["i"] + 1
-            k = i % nbatches
-            train_step(cfg, model, opt, xs[k], ys[k], bs[k], epoch=5, seed=step_seed(0, 5, i), scaler=scaler)
+            x, y, sal = next(source)
+            train_step(cfg, model, opt, x, y, sal, epoch=5, seed=step_seed(0, 5, i), scaler=scaler)
 
         reps = 40 if cuda else (6 if quick else 20)
         if "_" in name and name != "fgsm_rs":  # hybrids: the coin's mix needs more steps to settle
@@ -63,15 +84,12 @@ def step_throughput(device, quick: bool, methods=BENCH_METHODS):
     return results
 
 
-def loader_throughput(quick: bool, device):
-    """FFCV vs torchvision loader images/s (needs ffcv; skipped where it is missing)."""
+def have_ffcv() -> bool:
     try:
         import ffcv  # noqa: F401
     except ImportError:
-        return {"skipped": "ffcv is not installed on this machine"}
-    from bench.loader import run as loader_run
-
-    return loader_run(quick=quick, device=device)
+        return False
+    return True
 
 
 def plot(results, path: Path, title: str):
@@ -105,8 +123,23 @@ def main(argv=None):
     where = info.get("gpu", info.get("cpu_model", "cpu"))
 
     kernel, ktable = kernel_bench.run(device, quick=args.quick)
-    steps = step_throughput(device, args.quick)
-    loader = {"skipped": "--skip-loader"} if args.skip_loader else loader_throughput(args.quick, device)
+    if args.skip_loader or not have_ffcv():
+        loader = {"skipped": "--skip-loader" if args.skip_loader else "ffcv is not installed on this machine"}
+        steps = step_throughput(device, args.quick)
+        feed = "synthetic batches already on the device"
+    else:  # one CIFAR-layout beton: loader benchmark, then every step fed by the FFCV loader
+        import tempfile
+
+        from bench import loader as loader_bench
+        from fastsat.data import make_batches
+
+        with tempfile.TemporaryDirectory() as tmp:
+            beton, arrays, stats = loader_bench.make_beton(Path(tmp), 10_000 if args.quick else 50_000, 2)
+            loader = {**stats, **loader_bench.measure(beton, arrays, device=device)}
+            feed_loader = make_batches(beton, ["sal"], batch_size=step_batch_size(device), workers=2, device=device,
+                                       train=True, seed=0)
+            steps = step_throughput(device, args.quick, loader_batches(feed_loader))
+        feed = f"the FFCV loader over a {loader['samples']}-sample CIFAR-layout beton (loader included)"
 
     rel = {r["method"]: r["relative_to_standard"] for r in steps}
     goals = {
@@ -121,15 +154,15 @@ def main(argv=None):
         goals["loader_over_model_goal"] = 3.0
         goals["saliency_overhead"] = loader["saliency_overhead"]
         goals["saliency_overhead_goal"] = 0.05
-    payload = {"machine": info, "kernel": kernel, "train_step": steps, "loader": loader, "goals": goals,
-               "quick": args.quick}
+    payload = {"machine": info, "kernel": kernel, "train_step": steps, "train_step_feed": feed, "loader": loader,
+               "goals": goals, "quick": args.quick}
     write_json(args.out / "throughput.json", payload)
     plot(steps, args.out / "throughput.png", f"step cost relative to standard — {where}")
 
     print(f"## fastsat throughput on {where} ({info['time']})\n")
     print("### SAT kernel (copy bandwidth {:.1f} GB/s)\n".format(kernel["copy_GB_per_s"]))
     print(ktable)
-    print("\n### Training step (synthetic CIFAR-size batches)\n")
+    print(f"\n### Training step (fed by {feed})\n")
     print(markdown_table(["method", "batch", "mean ms/step", "images/s", "× standard"],
                          [[r["method"], r["batch"], r["mean_s"] * 1e3, r["images_per_s"], r["relative_to_standard"]]
                           for r in steps]))
