@@ -152,6 +152,17 @@ def test_write_beton_with_teacher_maps(tmp_path, teacher, capsys):
     assert (box == box[..., :1]).all()  # the widened box is the same for every channel
 
 
+def test_sat_student_mixes_two_teacher_maps(tmp_path, teacher, tiny_flags):
+    for split in ("train", "test"):
+        assert write_main(["--dataset", "digits", "--split", split, "--out", str(tmp_path / f"{split}.beton"),
+                           "--saliency", "grad_sign", "--teacher", str(teacher), "--saliency2", "gradcam_pp_box"]) == 0
+    out = tmp_path / "student"
+    assert train_main([*tiny_flags, "--train", str(tmp_path / "train.beton"), "--val", str(tmp_path / "test.beton"),
+                       "--method", "sat", "--sal-mix", "--epochs", "1", "--out", str(out)]) == 0
+    robust = json.loads((out / "robustness.json").read_text())
+    assert "saliency" in robust  # the student is also attacked along its teacher's map
+
+
 def test_teacher_mismatch(tmp_path, teacher, capsys):
     layouts.cifar(tmp_path, "cifar10", per_batch=4)
     rc = write_main(["--dataset", "cifar10", "--root", str(tmp_path), "--out", str(tmp_path / "c.beton"),
