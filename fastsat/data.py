@@ -6,6 +6,8 @@ Two sources with one interface, ``loader.epoch(e)`` → iterator of batches:
   * :class:`ResidentBatches` — the whole beton held on the device, batches gathered there
     (small sets: no host→device traffic at all).
 Saliency bits go to the SAT kernel untouched; augmentation happens after it (``augment.py``).
+Samples a beton marks ``has_sal = 0`` (written without a map) get fresh random bits in every batch
+(drawn from (seed, epoch, batch)), so SAT gives them pure noise rather than a fake all −1 map.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def _loader(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int
     to = [ToTensor(), ToDevice(device, non_blocking=True)]
     pipelines = {"image": [SimpleRGBImageDecoder(), *to], "label": [IntDecoder(), *to, Squeeze(1)]}
     for name in fields:
-        pipelines[name] = [NDArrayDecoder(), *to]
+        pipelines[name] = [IntDecoder() if name == "has_sal" else NDArrayDecoder(), *to]
     for name in info.manifest["fields"]:
         pipelines.setdefault(name, None)  # fields not asked for are not decoded
     threads = torch.get_num_threads()
@@ -61,26 +63,43 @@ def _loader(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int
     return loader
 
 
+def _fill_missing(sal: Optional[torch.Tensor], has: Optional[torch.Tensor], seed: int, epoch: int, i: int):
+    """Random bits for the rows whose sample has no saliency map (``has == 0``)."""
+    if sal is None or has is None:
+        return sal
+    gen = torch.Generator(device=sal.device).manual_seed(hash((seed, epoch, i)) & 0x7FFFFFFF)
+    noise = torch.randint(0, 256, sal.shape, generator=gen, device=sal.device, dtype=torch.uint8)
+    return torch.where(has.view(-1, 1).bool(), sal, noise)
+
+
 class FFCVBatches:
     """The FFCV loader over a beton; yields (x uint8 NHWC, y int64, sal, sal2)."""
 
     def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, workers: int,
                  device: torch.device, train: bool, seed: int, distributed: bool = False):
-        self.fields = fields
-        self.loader = _loader(info, fields, batch_size=batch_size, workers=workers, device=device, train=train,
-                              seed=seed, distributed=distributed)
+        self.flagged = bool(fields) and "has_sal" in info.manifest["fields"]
+        self.nsal, self.seed = len(fields), seed
+        self.loader = _loader(info, fields + (["has_sal"] if self.flagged else []), batch_size=batch_size,
+                              workers=workers, device=device, train=train, seed=seed, distributed=distributed)
 
     def __len__(self):
         return len(self.loader)
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
+    def raw_epoch(self, epoch: int):
+        """(x, y, sal, sal2, has_sal) as stored, Nones where absent."""
         self.loader.next_epoch = epoch  # FFCV's RANDOM order is a permutation seeded by seed + epoch
         threads = torch.get_num_threads()
         for batch in self.loader:
             torch.set_num_threads(threads)
-            x, y, *sal = batch
-            sal += [None] * (2 - len(sal))
-            yield x, y.long(), sal[0], sal[1]
+            x, y, *rest = batch
+            has = rest.pop().view(-1) if self.flagged else None
+            rest += [None] * (2 - len(rest))
+            yield x, y.long().view(-1), rest[0], rest[1], has
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        for i, (x, y, sal, sal2, has) in enumerate(self.raw_epoch(epoch)):
+            yield (x, y, _fill_missing(sal, has, self.seed, epoch, i),
+                   _fill_missing(sal2, has, self.seed, epoch, i))
 
 
 class ResidentBatches:
@@ -90,7 +109,7 @@ class ResidentBatches:
                  device: torch.device, train: bool, seed: int):
         source = FFCVBatches(info, fields, batch_size=512, workers=workers, device=torch.device("cpu"),
                              train=False, seed=seed)
-        parts = list(zip(*[[t if t is None else t.clone() for t in b] for b in source.epoch(0)]))
+        parts = list(zip(*[[t if t is None else t.clone() for t in b] for b in source.raw_epoch(0)]))
         self.tensors = [None if p[0] is None else torch.cat(p).to(device) for p in parts]
         self.batch_size, self.train, self.seed = batch_size, train, seed
 
@@ -107,7 +126,8 @@ class ResidentBatches:
         order = order.to(self.tensors[1].device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield tuple(None if t is None else t[idx] for t in self.tensors)
+            x, y, sal, sal2, has = (None if t is None else t[idx] for t in self.tensors)
+            yield (x, y, _fill_missing(sal, has, self.seed, epoch, i), _fill_missing(sal2, has, self.seed, epoch, i))
 
 
 def make_batches(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int, device: torch.device,

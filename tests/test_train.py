@@ -137,3 +137,34 @@ def test_ddp_two_gloo_processes(tmp_path, tiny_flags):
     assert line["ranks_agree"] is True
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 1
+
+
+def test_samples_without_saliency_get_random_bits(tmp_path):
+    """Flowers-17 images kept without a trimap (has_sal = 0) feed SAT fresh random bits, identically
+    through the FFCV and the device-resident loaders."""
+    from fastsat.beton import open_beton
+    from fastsat.data import make_batches
+    from fastsat.write_beton import main as write_main
+    from tests import layouts
+
+    truth = layouts.flowers17(tmp_path)
+    out = tmp_path / "f.beton"
+    assert write_main(["--dataset", "flowers17", "--root", str(tmp_path), "--side", "16", "--missing-mask", "keep",
+                       "--out", str(out)]) == 0
+    info = open_beton(out)
+    kw = dict(batch_size=2, workers=1, device=torch.device("cpu"), train=True, seed=3)
+    ffcv_batches = [b for e in range(2) for b in make_batches(info, ["sal"], **kw).epoch(e)]
+    resident = [b for e in range(2) for b in make_batches(info, ["sal"], resident=True, **kw).epoch(e)]
+    for a, b in zip(ffcv_batches, resident):
+        assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3]))
+    batches = make_batches(info, ["sal"], **kw)
+    fills = []
+    for e in range(2):
+        for (_, _, stored, _, has), (_, _, fed, _) in zip(batches.raw_epoch(e), batches.epoch(e)):
+            keep = has.bool()
+            assert torch.equal(fed[keep], stored[keep])  # real maps pass through untouched
+            assert not stored[~keep].any()  # written as zeros ...
+            fills += list(fed[~keep])
+    assert len(fills) == 2 and all(f.any() for f in fills)  # ... fed as random bits
+    assert not torch.equal(fills[0], fills[1])  # fresh in every epoch
+    assert truth[2][1] is None and sum(t[1] is None for t in truth.values()) == 1

@@ -4,7 +4,8 @@
 Eq. 10: s = +1 on the flower, where the trimap is ≥ 128 (its 255 foreground and, counted as flower,
 its grey boundary band), −1 elsewhere. Images and trimaps are resized to side×side together
 (bilinear / nearest). Images without a trimap are skipped, or with ``missing_mask='keep'`` written
-with all-zero bits and ``has_sal = 0`` (a field of its own) so that training can tell them apart.
+with all-zero bits and ``has_sal = 0`` (a field of its own); the loaders then feed them random
+bits, i.e. SAT noise (``fastsat/data.py``).
 """
 from __future__ import annotations
 
