@@ -165,7 +165,7 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
     finally:
         for leftover in (tmp, errors, manifest_path(tmp)):
             leftover.unlink(missing_ok=True)
-    return open_beton(out)
+    return BetonInfo(out, manifest)  # validated above, before the rename
 
 
 @dataclass

@@ -90,7 +90,7 @@ class FFCVBatches:
         self.loader.next_epoch = epoch  # FFCV's RANDOM order is a permutation seeded by seed + epoch
         threads = torch.get_num_threads()
         for batch in self.loader:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(threads)  # FFCV's iterator thread resets it when it starts running
             x, y, *rest = batch
             has = rest.pop().view(-1) if self.flagged else None
             rest += [None] * (2 - len(rest))

@@ -26,7 +26,7 @@ def ensure_digits(data: Path) -> dict[str, Path]:
             if write_main(["--dataset", "digits", "--split", split, "--out", str(path)]) != 0:
                 raise SystemExit(2)
         else:
-            print(summary(open_beton(path)).replace("Wrote", "Found", 1))
+            print(summary(open_beton(path), verb="Found"))
         paths[split] = path
     return paths
 

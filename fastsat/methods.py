@@ -15,6 +15,7 @@ reference code ran β = 1, available as ``trades_beta=1``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,12 @@ class MethodConfig:
             raise ValueError(f"eps must be in [0, 1], got {self.eps}")
         if not 0.0 <= self.hybrid_p <= 1.0:
             raise ValueError(f"hybrid_p must be in [0, 1], got {self.hybrid_p}")
+
+    @classmethod
+    def from_config(cls, cfg, **overrides) -> "MethodConfig":
+        """The method part of a run's config: every field both dataclasses share, by name."""
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)}
+        return cls(name=cfg.method, **{**shared, **overrides})
 
     @property
     def needs_saliency(self) -> bool:

@@ -170,10 +170,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if val_info.num_classes != info.num_classes or val_info.image_shape != info.image_shape:
         raise InputError(f"{cfg.val} ({val_info.num_classes} classes, {val_info.image_shape}) does not match "
                          f"{cfg.train} ({info.num_classes} classes, {info.image_shape})")
-    mcfg = MethodConfig(cfg.method, eps=cfg.eps, sat_alpha=cfg.sat_alpha, pgd_steps=cfg.pgd_steps,
-                        pgd_alpha=cfg.pgd_alpha, trades_beta=cfg.trades_beta, hybrid_p=cfg.hybrid_p,
-                        flip=cfg.flip, pad=cfg.pad,
-                        out_dtype=torch.float16 if cfg.amp and device.type == "cuda" else torch.float32)
+    mcfg = MethodConfig.from_config(
+        cfg, out_dtype=torch.float16 if cfg.amp and device.type == "cuda" else torch.float32)
     fields = []
     if mcfg.needs_saliency:
         fields = [cfg.sal_field] + (["sal2"] if cfg.sal_mix else [])

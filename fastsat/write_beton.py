@@ -50,13 +50,13 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def summary(info) -> str:
+def summary(info, verb: str = "Wrote") -> str:
     m = info.manifest
     h, w, c = m["image_shape"]
     sal = ", ".join(f"{name}: {v['nbytes']} B ({v['granularity']}, {v['source'].get('method')})"
                     for name, v in m["saliency"].items()) or "no saliency"
     notes = (" " + " ".join(m["notes"])) if m["notes"] else ""
-    return (f"Wrote {info.path}: {m['num_samples']} samples of {m['dataset']}/{m['split']}, "
+    return (f"{verb} {info.path}: {m['num_samples']} samples of {m['dataset']}/{m['split']}, "
             f"{m['num_classes']} classes, images {h}x{w}x{c} ({h * w * c} B per sample, raw), {sal}; "
             f"file {m['file_size'] / 1e6:.1f} MB ({m['file_size'] / m['num_samples']:.0f} B per sample); "
             f"manifest {info.path}.json.{notes}")
