@@ -74,7 +74,7 @@ def make_beton(tmp: Path, n: int, workers: int) -> tuple:
     """The CIFAR-layout set → ``tmp/c.beton`` with sal + sal2; returns (info, in-memory arrays, stats)."""
     rng = np.random.default_rng(0)
     write_cifar_layout(tmp, n, rng)
-    writer = open_writer("cifar10", tmp, "train")
+    writer = open_writer("cifar10", "train", root=tmp)
     positive = rng.random((n, 32, 32, 3)) < 0.5
     maps = {"sal": SaliencyMap("element", {"method": "random"}, bitlayout.pack_np(positive)),
             "sal2": SaliencyMap("element", {"method": "random"}, bitlayout.pack_np(~positive))}

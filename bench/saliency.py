@@ -31,7 +31,7 @@ def run(device: torch.device, quick: bool = False) -> dict:
     rows, results = [], []
     for name in teachers:
         model = build_model(name, 10, (0.5,) * 3, (0.25,) * 3, width=width).to(device)
-        for method in saliency.METHODS:
+        for method in saliency.SALIENCY:
             t = time_fn(lambda: saliency.compute(method, model, images, labels, batch_size=batch, device=device,
                                                  progress=False), device, warmup=1, reps=3 if not cuda else 5)
             ips = batch / t["median_s"]
@@ -48,7 +48,7 @@ def write_throughput(samples: int, method: str, device: torch.device) -> dict:
     import time
     from bench.loader import write_cifar_layout
     from fastsat.config import TrainConfig
-    from fastsat.train import train
+    from fastsat.trainer import train
     from fastsat.write_beton import main as write_main
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +59,7 @@ def write_throughput(samples: int, method: str, device: torch.device) -> dict:
                                "--out", str(tmp / f"{split}.beton")]) == 0
         cfg = TrainConfig(train=str(tmp / "train.beton"), val=str(tmp / "train.beton"), model="resnet10",
                           method="standard", epochs=1, out=str(tmp / "teacher"), eval_eps=[1], eval_noise=[8],
-                          eval_limit=64, device=device.type)
+                          eval_limit=64, eval_aa="none", device=device.type)
         train(cfg, progress=False)
         t0 = time.perf_counter()
         assert write_main(["--dataset", "cifar10", "--root", str(tmp), "--split", "train", "--out",

@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import kernel as kernel_bench  # noqa: E402
 from bench.common import machine, markdown_table, time_fn, write_json  # noqa: E402
 from fastsat.kernels import bits as bitlayout  # noqa: E402
-from fastsat.kernels.sat import step_seed  # noqa: E402
-from fastsat.methods import MethodConfig, train_step  # noqa: E402
+from fastsat.config import TrainConfig  # noqa: E402
+from fastsat.ffcv_import import available as ffcv_available  # noqa: E402
+from fastsat.kernels.spec import derive_seed  # noqa: E402
+from fastsat.methods import train_step  # noqa: E402
 from fastsat.models import build_model  # noqa: E402
 
 BENCH_METHODS = ("standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_sat", "trades", "trades_sat")
@@ -63,13 +65,13 @@ def step_throughput(device, quick: bool, source=None, methods=BENCH_METHODS):
         model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         scaler = torch.amp.GradScaler("cuda") if cuda else None
-        cfg = MethodConfig(name, out_dtype=torch.float16 if cuda else torch.float32)
+        cfg = TrainConfig(method=name, pad=0)
         state = {"i": 0}
 
         def step():
             i = state["i"] = state["i"] + 1
             x, y, sal = next(source)
-            train_step(cfg, model, opt, x, y, sal, epoch=5, seed=step_seed(0, 5, i), scaler=scaler)
+            train_step(cfg, model, opt, x, y, sal, epoch=5, seed=derive_seed(0, 5, i), scaler=scaler)
 
         reps = 40 if cuda else (6 if quick else 20)
         if "_" in name and name != "fgsm_rs":  # hybrids: the coin's mix needs more steps to settle
@@ -82,14 +84,6 @@ def step_throughput(device, quick: bool, source=None, methods=BENCH_METHODS):
     for r in results:
         r["relative_to_standard"] = r["mean_s"] / base
     return results
-
-
-def have_ffcv() -> bool:
-    try:
-        import ffcv  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def plot(results, path: Path, title: str):
@@ -123,7 +117,7 @@ def main(argv=None):
     where = info.get("gpu", info.get("cpu_model", "cpu"))
 
     kernel, ktable = kernel_bench.run(device, quick=args.quick)
-    if args.skip_loader or not have_ffcv():
+    if args.skip_loader or not ffcv_available():
         loader = {"skipped": "--skip-loader" if args.skip_loader else "ffcv is not installed on this machine"}
         steps = step_throughput(device, args.quick)
         feed = "synthetic batches already on the device"

@@ -63,16 +63,17 @@ class PGD(Attack):
 
 @dataclass
 class FGSMRS(Attack):
-    """FGSM with random start (Wong et al. 2020): one step of alpha·ε from U(−ε, ε), clipped to the
-    ε-ball. Run in train mode, as in the paper that introduced it."""
+    """FGSM with random start (Wong et al. 2020): δ ~ U(−ε, ε) kept inside [−x, 1 − x], one step of
+    alpha_ratio·ε on its gradient, clipped to the ε-ball and again to [−x, 1 − x] (as their code
+    does, so no element starts outside the image range with a zero gradient). Train mode, as in
+    the paper that introduced it."""
     eps: float = 8 / 255
     alpha_ratio: float = 1.25
     eval_mode: bool = False
 
     def perturb(self, model, x, y, generator=None):
-        delta = _uniform(x, self.eps, generator).requires_grad_(True)
-        loss = F.cross_entropy(model((x + delta).clamp(0, 1)).float(), y)
-        (grad,) = torch.autograd.grad(loss, delta)
+        delta = torch.max(torch.min(_uniform(x, self.eps, generator), 1 - x), -x).requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x + delta).float(), y), delta)
         delta = (delta.detach() + self.alpha_ratio * self.eps * grad.sign()).clamp(-self.eps, self.eps)
         return (x + delta).clamp(0, 1)
 
@@ -105,10 +106,72 @@ class UniformNoise(Attack):
 
 @dataclass
 class SaliencyAttack(Attack):
-    """x − ε·s, clipped: the attack the stored saliency signs point to (``signs`` NCHW ±1)."""
+    """The paper's saliency attack, white-box on the evaluated model: x − ε·sign(∇ₓ Φ^y(x)),
+    Φ^y the logit of the true class (one gradient, no random start), clipped to [0, 1]."""
+    eps: float = 8 / 255
+
+    def perturb(self, model, x, y, generator=None):
+        x = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(x).float().gather(1, y[:, None]).sum(), x)
+        return (x.detach() - self.eps * grad.sign()).clamp(0, 1)
+
+
+@dataclass
+class StoredMapAttack(Attack):
+    """x − ε·s with the signs s stored in the beton (``signs`` NCHW ±1): a transfer attack from
+    whatever made the map (a teacher, a mask), blind to the evaluated model."""
     eps: float = 8 / 255
 
     def perturb(self, model, x, y=None, signs=None, generator=None):
         if signs is None:
-            raise ValueError("SaliencyAttack needs the saliency signs of the batch")
+            raise ValueError("StoredMapAttack needs the saliency signs of the batch")
         return (x - self.eps * signs).clamp(0, 1)
+
+
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+AA_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
+
+
+@dataclass
+class AutoAttack(Attack):
+    """AutoAttack (Croce & Hein 2020) from torchattacks' components, with the original's settings:
+    each attack runs on the samples the previous ones left correct (per-sample worst case).
+
+    ``standard``: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), 100
+    iterations each, as fra31/auto-attack; torchattacks' own ``AutoAttack`` class builds the same
+    list with 10 iterations (``steps=10`` reproduces it exactly). ``rand``: APGD-CE and APGD-DLR with
+    20-sample EOT, for randomised models. Or any tuple of ``AA_ATTACKS``."""
+    eps: float = 8 / 255
+    version: str = "standard"
+    n_classes: int = 10
+    steps: int = 100
+    queries: int = 5000
+    seed: int = 0
+
+    def components(self) -> tuple:
+        names = AA_VERSIONS.get(self.version) or tuple(a for a in self.version.split(",") if a)
+        unknown = [a for a in names if a not in AA_ATTACKS]
+        if unknown or not names:
+            raise ValueError(f"AutoAttack version {self.version!r}: expected standard, rand or a list of "
+                             f"{', '.join(AA_ATTACKS)}")
+        return names
+
+    def _build(self, model, name):
+        import torchattacks as ta
+
+        eot = 20 if self.version == "rand" else 1
+        common = {"eps": self.eps, "norm": "Linf", "seed": self.seed}
+        if name in ("apgd-ce", "apgd-dlr"):
+            return ta.APGD(model, steps=self.steps, loss=name[5:], eot_iter=eot, n_restarts=1, **common)
+        if name == "apgd-t":
+            return ta.APGDT(model, steps=self.steps, n_classes=self.n_classes, n_restarts=1, **common)
+        if name == "fab-t":
+            return ta.FAB(model, steps=self.steps, multi_targeted=True, n_classes=self.n_classes, n_restarts=1,
+                          **common)
+        return ta.Square(model, n_queries=self.queries, n_restarts=1, **common)
+
+    def perturb(self, model, x, y, generator=None):
+        from torchattacks import MultiAttack
+
+        attacks = [self._build(model, name) for name in self.components()]
+        return MultiAttack(attacks)(x, y) if len(attacks) > 1 else attacks[0](x, y)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +20,14 @@ from typing import Optional
 import numpy as np
 
 from .kernels import bits as bitlayout
-from .writers.common import InputError
+from .errors import InputError
+from .ffcv_import import ffcv
+from .files import remove_stale_temps, temp_name
+from .reader import INT, NDARRAY, RGB, BetonReader, ReaderError
 
 FORMAT = "fastsat-beton"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest's hash is of the content (deterministic); 1: of the file
+READ_VERSIONS = (1, 2)
 SAL_FIELDS = ("sal", "sal2")
 STATS_SAMPLES = 2048  # images read in the main process for mean/std (and early shape checks)
 
@@ -36,6 +42,17 @@ class SaliencyMap:
     granularity: str  # element | pixel
     source: dict  # what produced it: {"method": "bbox"} or teacher, parameters, checkpoint hash
     packed: Optional[np.ndarray] = None  # (N, nbytes) uint8, when computed before the write
+
+
+def weak_map(method: str) -> SaliencyMap:
+    """Eq. 10 signs a layout carries (``bbox`` / ``mask``), one bit per pixel, taken from the samples."""
+    return SaliencyMap("pixel", {"method": method, "equation": "Eq. 10"})
+
+
+def content_id(manifest: dict) -> str:
+    """What identifies a beton's data (a resumed run must see the same): its content hash
+    (format 2), or its file hash (format 1)."""
+    return manifest.get("content_blake2b") or manifest["blake2b"]
 
 
 def manifest_path(path: Path) -> Path:
@@ -60,6 +77,7 @@ class _Samples:
     def __init__(self, samples, image_shape, maps: dict[str, SaliencyMap], with_flag: bool, errors_file: Path):
         self.samples, self.image_shape, self.maps = samples, tuple(image_shape), maps
         self.with_flag, self.errors_file = with_flag, errors_file
+        self.owner, self.armed = os.getpid(), False
 
     def __len__(self):
         return len(self.samples)
@@ -81,6 +99,9 @@ class _Samples:
         return tuple(out)
 
     def __getitem__(self, i):
+        if os.getpid() != self.owner and not self.armed:  # first sample in a forked writer process
+            _die_with(self.owner)
+            self.armed = True
         try:
             return self.sample(i)
         except Exception as e:  # noqa: BLE001 - reported by the parent, see class docstring
@@ -89,6 +110,97 @@ class _Samples:
             blank = [np.zeros(self.image_shape, np.uint8), 0]
             blank += [np.zeros(bitlayout.num_bytes(self.image_shape, m.granularity), np.uint8) for m in self.maps.values()]
             return tuple(blank + ([0] if self.with_flag else []))
+
+
+def _die_with(parent: int) -> None:
+    """In an FFCV writer process: die when ``parent`` (the process that writes) dies, even by
+    kill -9 (Linux parent-death signal), instead of blocking forever as an orphan."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+
+class WriterDied(InputError):
+    """An FFCV writer process ended with an error (full disk, a signal, ...)."""
+
+
+def _ffcv_write(path: Path, fields: dict, dataset, page_size: int, workers: int, chunksize: int) -> None:
+    """FFCV's ``DatasetWriter`` with a watchdog: FFCV's parent waits forever for a sample whose
+    writer process died (e.g. ``Errno 28`` on a full disk); here a dead writer ends the whole write
+    at once — its siblings killed, an ``WriterDied`` raised in this thread."""
+    import multiprocessing
+    import threading
+
+    DatasetWriter = ffcv("ffcv.writer").DatasetWriter
+    seen, failed, done = set(), [], threading.Event()
+    main = threading.main_thread() is threading.current_thread()
+
+    def watch():
+        while not done.wait(0.2):
+            seen.update(multiprocessing.active_children())
+            bad = [p for p in seen if p.exitcode not in (None, 0)]
+            if bad:
+                failed.append(bad[0].exitcode)
+                for p in seen:
+                    if p.exitcode is None:
+                        p.kill()
+                if main:  # a real signal: it also wakes a main thread blocked in a lock or a read
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                return
+
+    def raise_died(*_):
+        raise WriterDied(f"an FFCV writer process failed (exit code {failed[0] if failed else '?'}: "
+                         f"full disk or killed?); nothing was written")
+
+    interrupted = []
+
+    def interrupt(*_):  # Ctrl-C; remembered too, since an interrupt that lands while FFCV forks is
+        interrupted.append(True)  # swallowed there ("Exception ignored in ... _releaseLock")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, raise_died) if main else None
+    previous_int = signal.signal(signal.SIGINT, interrupt) if main else None
+    watchdog = threading.Thread(target=watch, daemon=True)
+    writer = DatasetWriter(str(path), fields, page_size=page_size, num_workers=workers)
+    try:
+        watchdog.start()
+        writer.from_indexed_dataset(dataset, chunksize=chunksize)
+        if interrupted:
+            raise KeyboardInterrupt
+    except BaseException:
+        for p in seen | set(multiprocessing.active_children()):
+            p.kill()
+            p.join(5)
+        _drop_queues()
+        if getattr(writer, "metadata_sm", None) is not None:  # FFCV's shared metadata segment
+            writer.metadata_sm.close()
+            try:
+                writer.metadata_sm.unlink()
+            except FileNotFoundError:  # FFCV got as far as unlinking it
+                pass
+        raise
+    finally:
+        done.set()
+        watchdog.join(5) if watchdog.is_alive() else None
+        if main:
+            signal.signal(signal.SIGUSR1, previous)
+            signal.signal(signal.SIGINT, previous_int)
+    if failed:
+        raise_died()
+
+
+def _drop_queues() -> None:
+    """FFCV's work queues still hold chunks for the killed writers; without this, the exit of this
+    process would wait forever for their feeder threads to hand the chunks to nobody."""
+    import gc
+    from multiprocessing.queues import Queue
+
+    for q in [o for o in gc.get_objects() if type(o) is Queue]:
+        q.cancel_join_thread()
+        q.close()
 
 
 def _page_size(image_shape, maps) -> int:
@@ -108,9 +220,8 @@ def _stats(samples, n: int) -> tuple[list[float], list[float]]:
 def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | None = None,
                 overwrite: bool = False, workers: int = -1, chunksize: int = 100) -> "BetonInfo":
     """Write ``samples`` (see ``writers/common.py``) to ``out`` atomically, with its manifest."""
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.writer import DatasetWriter
-
+    fields_module = ffcv("ffcv.fields")
+    IntField, NDArrayField, RGBImageField = fields_module.IntField, fields_module.NDArrayField, fields_module.RGBImageField
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists (use --overwrite to replace it)")
@@ -135,12 +246,15 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
     if with_flag:
         fields["has_sal"] = IntField()
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    remove_stale_temps(out)  # of writes killed earlier
+    tmp = temp_name(out)
     errors = tmp.with_name(tmp.name + ".errors")
     try:
         dataset = _Samples(samples, source.image_shape, maps, with_flag, errors)
-        writer = DatasetWriter(str(tmp), fields, page_size=_page_size(source.image_shape, maps), num_workers=workers)
-        writer.from_indexed_dataset(dataset, chunksize=chunksize)
+        try:
+            _ffcv_write(tmp, fields, dataset, _page_size(source.image_shape, maps), workers, chunksize)
+        except OSError as e:
+            raise InputError(f"could not write {out}: {e.strerror or e} (full disk?); nothing was written") from None
         if errors.exists():
             lines = errors.read_text().splitlines()
             raise InputError(lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""))
@@ -155,17 +269,21 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
                                 "source": m.source} for name, m in maps.items()},
             "mean": mean, "std": std, "notes": list(source.notes),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "file_size": tmp.stat().st_size, "blake2b": file_hash(tmp),
+            "file_size": tmp.stat().st_size, "content_blake2b": None,
         }
-        _check_header(tmp, manifest, name_for_errors=out)
+        reader = _check_header(tmp, manifest, name_for_errors=out)
+        manifest["content_blake2b"] = reader.content_hash()
         man_tmp = manifest_path(tmp)
-        man_tmp.write_text(json.dumps(manifest, indent=1))
+        try:
+            man_tmp.write_text(json.dumps(manifest, indent=1))
+        except OSError as e:
+            raise InputError(f"could not write {manifest_path(out)}: {e.strerror or e}; nothing was written") from None
         os.replace(tmp, out)
         os.replace(man_tmp, manifest_path(out))
     finally:
         for leftover in (tmp, errors, manifest_path(tmp)):
             leftover.unlink(missing_ok=True)
-    return BetonInfo(out, manifest)  # validated above, before the rename
+    return BetonInfo(out, manifest, reader.ints("label"))  # validated above, before the rename
 
 
 @dataclass
@@ -173,6 +291,7 @@ class BetonInfo:
     """What loaders need from a validated beton."""
     path: Path
     manifest: dict
+    labels: np.ndarray  # (N,) int64, read from the file's header
 
     @property
     def num_samples(self) -> int:
@@ -196,34 +315,35 @@ class BetonInfo:
         return self.saliency[field]["granularity"]
 
 
-def _check_header(path: Path, manifest: dict, name_for_errors: Path) -> None:
-    """Fields, types, shapes and sample count as FFCV's own reader sees them."""
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
-    from ffcv.reader import Reader
-
+def _check_header(path: Path, manifest: dict, name_for_errors: Path) -> BetonReader:
+    """Fields, kinds, shapes, sample count and labels as the file holds them, against the manifest."""
+    where = name_for_errors
     try:
-        reader = Reader(str(path))
-    except Exception as e:  # noqa: BLE001 - FFCV raises many kinds on a damaged header
-        raise BetonError(f"{name_for_errors}: not a readable beton ({type(e).__name__}: {e})") from None
+        reader = BetonReader(path)
+    except ReaderError as e:
+        raise BetonError(str(e).replace(str(path), str(where))) from None
     if reader.num_samples != manifest["num_samples"]:
-        raise BetonError(f"{name_for_errors}: {reader.num_samples} samples but the manifest says {manifest['num_samples']}")
-    names = list(reader.handlers)
-    if names != manifest["fields"]:
-        raise BetonError(f"{name_for_errors}: fields {names} but the manifest says {manifest['fields']}")
-    images = reader.metadata["f0"]  # RGBImageField metadata: mode (0 jpeg, 1 raw), width, height
+        raise BetonError(f"{where}: {reader.num_samples} samples but the manifest says {manifest['num_samples']}")
+    if reader.names != manifest["fields"]:
+        raise BetonError(f"{where}: fields {reader.names} but the manifest says {manifest['fields']}")
+    expected = {"image": RGB, "label": INT, "has_sal": INT}
+    for name, kind in reader.kinds.items():
+        if kind != expected.get(name, NDARRAY):
+            raise BetonError(f"{where}: field {name} has kind {kind}, expected {expected.get(name, NDARRAY)}")
     h, w, _ = manifest["image_shape"]
-    if len(images) and not ((images["height"] == h) & (images["width"] == w)).all():
-        raise BetonError(f"{name_for_errors}: images are not all {h}x{w} as the manifest says")
-    expected = {"image": RGBImageField, "label": IntField, "has_sal": IntField}
-    for name, handler in reader.handlers.items():
-        kind = expected.get(name, NDArrayField)
-        if not isinstance(handler, kind):
-            raise BetonError(f"{name_for_errors}: field {name} is {type(handler).__name__}, expected {kind.__name__}")
-        if name in manifest["saliency"]:
-            shape = tuple(handler.shape)
-            nbytes = bitlayout.num_bytes(tuple(manifest["image_shape"]), manifest["saliency"][name]["granularity"])
-            if handler.dtype != np.uint8 or shape != (nbytes,):
-                raise BetonError(f"{name_for_errors}: field {name} is {handler.dtype} {shape}, expected uint8 ({nbytes},)")
+    heights, widths = reader.image_hw()
+    if len(heights) and not ((heights == h) & (widths == w)).all():
+        raise BetonError(f"{where}: images are not all {h}x{w} as the manifest says")
+    for name, sal in manifest["saliency"].items():
+        nbytes = bitlayout.num_bytes(tuple(manifest["image_shape"]), sal["granularity"])
+        if reader.shapes.get(name) != (nbytes,):
+            raise BetonError(f"{where}: field {name} is {reader.shapes.get(name)}, expected uint8 ({nbytes},)")
+    labels = reader.ints("label")
+    bad = np.flatnonzero((labels < 0) | (labels >= manifest["num_classes"]))
+    if len(bad):
+        raise BetonError(f"{where}: sample {bad[0]} has label {labels[bad[0]]}, outside the "
+                         f"{manifest['num_classes']} classes ({len(bad)} such samples)")
+    return reader
 
 
 def open_beton(path: Path, verify: bool = False) -> BetonInfo:
@@ -239,12 +359,12 @@ def open_beton(path: Path, verify: bool = False) -> BetonInfo:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise BetonError(f"{mpath}: not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise BetonError(f"{mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READ_VERSIONS:
+        raise BetonError(f"{mpath}: not a {FORMAT} manifest of version {READ_VERSIONS}")
     size = path.stat().st_size
     if size != manifest["file_size"]:
         raise BetonError(f"{path}: {size} bytes but the manifest says {manifest['file_size']} (truncated or replaced?)")
-    _check_header(path, manifest, path)
-    if verify and file_hash(path) != manifest["blake2b"]:
+    reader = _check_header(path, manifest, path)
+    if verify and content_id(manifest) != (reader.content_hash() if "content_blake2b" in manifest else file_hash(path)):
         raise BetonError(f"{path}: content hash differs from the manifest (corrupted)")
-    return BetonInfo(path, manifest)
+    return BetonInfo(path, manifest, reader.ints("label"))

@@ -1,8 +1,9 @@
-"""TrainConfig: every knob of a training run, its unit beside it; ``--config FILE`` then flags.
+"""TrainConfig: every knob of a run, with its help text, unit and valid range; ``--config FILE`` then flags.
 
-A file (TOML, YAML or JSON) sets defaults, flags override them, unknown keys are rejected. The
-resolved config is saved to ``OUT/config.json`` with library versions and the git commit, and
-inside every checkpoint.
+A file (TOML, YAML or JSON) sets defaults, flags override them, unknown keys and wrong types are
+rejected, and every value is checked against its rule before any work starts. The help text of
+each flag is the field's own (``python -m fastsat.train --help``). The resolved config is saved
+to ``OUT/config.json`` with library versions and the git commit, and inside every checkpoint.
 """
 from __future__ import annotations
 
@@ -12,87 +13,161 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
-from .kernels.sat import ALPHA, EPS0
+from .attacks import AutoAttack
+from .errors import ArgumentParser, InputError
+from .kernels.spec import ALPHA, EPS0
 from .methods import METHODS
-from .writers.common import InputError
+
+
+@dataclass(frozen=True)
+class Rule:
+    text: str  # shown in errors: "lr must be > 0"
+    ok: Callable[[object], bool]
+
+
+def above(lo):
+    return Rule(f"> {lo:g}", lambda v: v > lo)
+
+
+def at_least(lo):
+    return Rule(f">= {lo:g}", lambda v: v >= lo)
+
+
+def between(lo, hi, lo_open=False, hi_open=False):
+    text = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return Rule(text, lambda v: (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
+
+
+def opt(default, help: str, *, rule: Optional[Rule] = None, choices: Optional[Callable[[], list]] = None):
+    """A config field: default, one-line help with its unit, valid range (lists: of each item), choices."""
+    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(**kw, metadata={"help": help, "rule": rule, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
     # data
-    train: str = "data/digits_train.beton"  # training beton (manifest beside it)
-    val: str = "data/digits_test.beton"  # validation / robustness beton
-    verify: bool = False  # hash the betons against their manifests before use (slow for big files)
-    gpu_resident: bool = False  # load the whole training beton onto the device once (small sets)
-    workers: int = 2  # FFCV loader threads
-    sal_field: str = "sal"  # saliency field SAT reads
-    sal_mix: bool = False  # per-sample coin between `sal` and `sal2` (paper Table 7)
-    flip: bool = True  # random left-right flip, after the perturbation
-    pad: int = 2  # random translation, ± pixels, after the perturbation
+    train: str = opt("data/digits_train.beton", "training beton (its manifest X.beton.json beside it)")
+    val: str = opt("data/digits_test.beton", "test beton: final robustness report (never used to choose a model)")
+    holdout: float = opt(0.1, "held-out part of the training beton for model selection: a fraction (< 1) "
+                              "or a number of samples (seeded, class-stratified)", rule=above(0))
+    verify: bool = opt(False, "hash the betons against their manifests before use (slow for big files)")
+    gpu_resident: bool = opt(False, "hold the whole training beton on the device (small sets)")
+    workers: int = opt(2, "FFCV loader threads", rule=at_least(1))
+    sal_field: str = opt("sal", "saliency field SAT reads", choices=lambda: ["sal", "sal2"])
+    sal_mix: bool = opt(False, "per-sample coin between the fields sal and sal2 (paper Table 7)")
+    flip: bool = opt(True, "random left-right flip, after the perturbation")
+    pad: int = opt(2, "random translation by up to ± this many pixels, after the perturbation", rule=at_least(0))
     # model
-    model: str = "resnet18"  # resnet10/18/34 (CIFAR stem, registered in timm) or any timm name
-    width: float = 1.0  # channel multiplier of the fastsat ResNets (narrow = quick on CPU)
-    init: str = ""  # checkpoint whose weights start this run (e.g. to fine-tune a pruned teacher)
-    sparsity: float = 0.0  # global magnitude pruning of conv/linear weights at the start, kept while training
+    model: str = opt("resnet18", "resnet10/18/34 (CIFAR stem, registered in timm) or any timm model name")
+    width: float = opt(1.0, "channel multiplier of the fastsat ResNets (narrow = quick on CPU)", rule=above(0))
+    init: str = opt("", "checkpoint whose weights start this run (e.g. to fine-tune a pruned teacher)")
+    sparsity: float = opt(0.0, "global magnitude pruning of conv/linear weights at the start, kept while "
+                               "training (fraction)", rule=between(0, 1, hi_open=True))
     # method
-    method: str = "sat"  # one of fastsat.methods.METHODS
-    eps: float = EPS0  # ε₀ of SAT / noise / training attacks, pixel units in [0, 1]
-    sat_alpha: float = ALPHA  # Eq. 9: P(random) = sat_alpha ** epoch (paper: 0.6 ** (1/10))
-    pgd_steps: int = 5  # training PGD / TRADES steps
-    pgd_alpha: float = 2 / 255  # training attack step, pixel units
-    trades_beta: float = 6.0  # TRADES' own CIFAR default (the SAT reference code used 1)
-    hybrid_p: float = 0.5  # probability that a hybrid (pgd_sat, ...) batch is the SAT / noise batch
+    method: str = opt("sat", "training method", choices=lambda: list(METHODS))
+    eps: float = opt(EPS0, "ε₀ of SAT / noise / training attacks, pixel units in [0, 1]", rule=between(0, 1))
+    sat_alpha: float = opt(ALPHA, "Eq. 9: P(random) = sat_alpha ** epoch (paper: 0.6 ** (1/10))",
+                           rule=between(0, 1, lo_open=True))
+    pgd_steps: int = opt(5, "training PGD / TRADES steps", rule=at_least(1))
+    pgd_alpha: float = opt(2 / 255, "training attack step, pixel units", rule=between(0, 1, lo_open=True))
+    trades_beta: float = opt(6.0, "TRADES β (its own CIFAR default; the SAT reference code used 1)", rule=at_least(0))
+    hybrid_p: float = opt(0.5, "probability that a hybrid (pgd_sat, ...) batch is the SAT / noise batch",
+                          rule=between(0, 1))
     # optimisation
-    epochs: int = 30
-    batch_size: int = 128  # per process
-    optimizer: str = "adam"  # adam (the paper's) | sgd (momentum 0.9, nesterov)
-    lr: float = 1e-3  # paper: Adam, 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "none"  # none | cosine | step (×0.1 at 50% and 75% of the epochs)
-    amp: bool = True  # float16 autocast + grad scaling on CUDA (ignored on CPU)
-    seed: int = 0  # model init, loader order, every per-step random draw
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # evaluation (fastsat.evaluate)
-    eval_eps: list = field(default_factory=lambda: [1, 2, 3, 4, 8])  # PGD / TRADES / saliency ε, in 1/255
-    eval_steps: list = field(default_factory=lambda: [5])  # PGD steps (paper: 5, 20, 40)
-    eval_noise: list = field(default_factory=lambda: [8, 16, 32])  # uniform noise ε, in 1/255
-    eval_step_size: float = 2.0  # attack step, in 1/255
-    eval_limit: int = 0  # evaluate on the first N validation samples (0: all)
+    epochs: int = opt(30, "training epochs", rule=at_least(1))
+    batch_size: int = opt(128, "batch size per process (at most the training set)", rule=at_least(1))
+    optimizer: str = opt("adam", "adam (the paper's) or sgd (momentum 0.9, nesterov)", choices=lambda: ["adam", "sgd"])
+    lr: float = opt(1e-3, "learning rate (paper: Adam, 1e-3)", rule=above(0))
+    weight_decay: float = opt(0.0, "weight decay", rule=at_least(0))
+    schedule: str = opt("none", "learning-rate schedule: constant, cosine, or ×0.1 at 50% and 75% of the epochs",
+                        choices=lambda: ["none", "cosine", "step"])
+    amp: bool = opt(True, "float16 autocast + grad scaling on CUDA (ignored on CPU)")
+    seed: int = opt(0, "model init, loader order, holdout split, every random draw", rule=at_least(0))
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    # model selection (on the holdout, every epoch)
+    select: str = opt("best", "checkpoint evaluated at the end: best (highest holdout PGD accuracy) or last",
+                      choices=lambda: ["best", "last"])
+    select_limit: int = opt(512, "holdout samples checked each epoch (stratified; 0: all)", rule=at_least(0))
+    select_steps: int = opt(10, "PGD steps of the per-epoch holdout check (at ε = eps, step eps/4)", rule=at_least(1))
+    co_drop: float = opt(20.0, "catastrophic-overfitting guard: holdout PGD accuracy falling by more than this "
+                               "many points in one epoch is flagged", rule=above(0))
+    # evaluation (also python -m fastsat.evaluate)
+    eval_protocol: str = opt("default", "default: PGD-20 + AutoAttack + white-box saliency + worst case + "
+                                        "masking checks; paper: the paper's PGD-5/20/40, noise, TRADES, saliency",
+                             choices=lambda: ["default", "paper"])
+    eval_eps: list = opt([1, 2, 3, 4, 8], "attack ε list, in 1/255", rule=between(0, 255, lo_open=True))
+    eval_steps: list = opt([20], "PGD steps list (the paper protocol uses 5,20,40)", rule=at_least(1))
+    eval_noise: list = opt([8, 16, 32], "uniform-noise ε list, in 1/255", rule=between(0, 255, lo_open=True))
+    eval_step_size: float = opt(2.0, "PGD / TRADES attack step, in 1/255", rule=above(0))
+    eval_aa: str = opt("standard", "AutoAttack version (standard, rand), a list of its attacks (apgd-ce, "
+                                   "apgd-dlr, apgd-t, fab-t, square), or none")
+    eval_aa_steps: int = opt(100, "APGD / FAB iterations of AutoAttack (its original: 100; torchattacks' "
+                                  "AutoAttack class: 10)", rule=at_least(1))
+    eval_aa_queries: int = opt(5000, "Square queries of AutoAttack", rule=at_least(1))
+    eval_checks: bool = opt(True, "run the gradient-masking checks (default protocol; adds PGD-5/40, "
+                                  "PGD-100 at ε = 64/255 and a Square attack)")
+    eval_limit: int = opt(0, "evaluate on a seeded, class-stratified sample of N test images (0: all)",
+                          rule=at_least(0))
     # bookkeeping
-    out: str = "runs/run"  # output folder
-    resume: bool = False  # continue the run in `out` from its last checkpoint
-    overwrite: bool = False  # replace a run already in `out`
+    out: str = opt("runs/run", "output folder")
+    resume: bool = opt(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = opt(False, "replace the fastsat run in --out (kept until the new one has a checkpoint)")
+    allow_change: bool = opt(False, "with --resume: accept changed settings (recorded in config.json with "
+                                    "the epoch they took effect)")
 
     def validate(self) -> "TrainConfig":
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise InputError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        for name in ("eps", "hybrid_p", "pgd_alpha"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.sat_alpha <= 1.0:
-            raise InputError(f"sat_alpha must be in (0, 1], got {self.sat_alpha}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise InputError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
-        if self.schedule not in ("none", "cosine", "step"):
-            raise InputError(f"schedule must be none, cosine or step, got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InputError("epochs and batch_size must be >= 1")
-        if any(not 0 < e <= 255 for e in [*self.eval_eps, *self.eval_noise]):
-            raise InputError("eval_eps and eval_noise are in 1/255 units and must be in (0, 255]")
+        for f in dataclasses.fields(self):
+            check_value(f, getattr(self, f.name))
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite exclude each other")
+        if self.eval_aa != "none":
+            try:
+                AutoAttack(version=self.eval_aa).components()
+            except ValueError as e:
+                raise InputError(f"--eval-aa: {e}") from None
         return self
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_value(f: dataclasses.Field, value) -> None:
+    """Type, range and choices of one field's value; an InputError naming the flag."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    kind = type(default)
+    ok_type = (isinstance(value, bool) if kind is bool else
+               isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+               isinstance(value, int) and not isinstance(value, bool) if kind is int else
+               isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in value) if kind is list else
+               isinstance(value, kind))
+    if not ok_type:
+        want = "a list of numbers" if kind is list else kind.__name__
+        raise InputError(f"{flag(f.name)}: expected {want}, got {value!r}")
+    rule, choices = f.metadata.get("rule"), f.metadata.get("choices")
+    if kind is list and not value:
+        raise InputError(f"{flag(f.name)}: needs at least one value")
+    for v in value if kind is list else [value]:
+        if rule is not None and not rule.ok(v):
+            raise InputError(f"{flag(f.name)} must be {rule.text}, got {v!r}")
+    if choices is not None and value not in choices():
+        raise InputError(f"{flag(f.name)}: unknown {value!r}; expected one of {', '.join(choices())}")
+
+
 def parse_list(text: str) -> list:
-    """'1,2,3.5' → [1, 2, 3.5]."""
-    return [float(v) if "." in v else int(v) for v in str(text).replace(" ", "").split(",") if v]
+    """'1,2,3.5' → [1, 2, 3.5] (argparse type: a bad item is a one-line error)."""
+    try:
+        return [float(v) if any(c in v for c in ".eE") else int(v)
+                for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"not a comma-separated list of numbers: {text!r}") from None
 
 
 def read_config_file(path: Path) -> dict:
@@ -110,25 +185,40 @@ def read_config_file(path: Path) -> dict:
         else:
             data = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parser's error is the user's file
-        raise InputError(f"config file {path}: {e}") from None
+        raise InputError(f"config file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"config file {path}: expected a table of keys, got {type(data).__name__}")
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise InputError(f"config file {path}: unknown keys {', '.join(unknown)}")
     return data
 
 
-def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=description)
-    ap.add_argument("--config", type=Path, help="TOML / YAML / JSON file of defaults (flags override it)")
+def add_fields(ap, names=None) -> None:
+    """One flag per TrainConfig field (or the ``names`` given), help text and choices from the field."""
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        if names is not None and f.name not in names:
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata["help"]
+        if f.metadata.get("rule") is not None:
+            help_text += f"; {f.metadata['rule'].text}"
+        kw = {"default": None, "help": f"{help_text} (default: {default})".replace("%", "%%")}
         if isinstance(default, bool):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            ap.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):
-            ap.add_argument(flag, type=parse_list, default=None, metavar="A,B,...")
+            ap.add_argument(flag(f.name), type=parse_list, metavar="A,B,...", **kw)
         else:
-            ap.add_argument(flag, type=type(default), default=None)
+            choices = f.metadata.get("choices")
+            ap.add_argument(flag(f.name), type=type(default), **kw,
+                            **({"choices": choices(), "metavar": "{" + ",".join(choices()) + "}"} if choices else {}))
+
+
+def build_parser(prog: str, description: str, epilog: str = "") -> ArgumentParser:
+    ap = ArgumentParser(prog=prog, description=description, epilog=epilog,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, help="TOML / YAML / JSON file of defaults (flags override it)")
+    add_fields(ap)
     return ap
 
 
@@ -137,14 +227,16 @@ def load_config(argv=None, prog="python -m fastsat.train", description="") -> Tr
     return config_from_args(build_parser(prog, description).parse_args(argv))
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed ``build_parser`` arguments: file values, then flags."""
-    values = read_config_file(args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k in FIELDS and v is not None})
-    try:
-        return TrainConfig(**values).validate()
-    except TypeError as e:
-        raise InputError(str(e)) from None
+def config_from_args(args, base: Optional[dict] = None, names=None) -> TrainConfig:
+    """The TrainConfig of parsed arguments: ``base`` (e.g. a checkpoint's), the file, then the flags
+    (those of ``names`` only, when given)."""
+    values = dict(base or {})
+    if getattr(args, "config", None):
+        values.update(read_config_file(args.config))
+    names = FIELDS if names is None else names
+    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    values = {k: v for k, v in values.items() if k in FIELDS}  # older configs may carry retired keys
+    return TrainConfig(**values).validate()
 
 
 def provenance() -> dict:
@@ -152,15 +244,13 @@ def provenance() -> dict:
     import numpy
     import timm
     import torch
-    import triton
 
-    info = {"torch": torch.__version__, "timm": timm.__version__, "triton": triton.__version__,
-            "numpy": numpy.__version__}
-    try:
-        import ffcv
-        info["ffcv"] = getattr(ffcv, "__version__", "unknown")
-    except ImportError:
-        pass
+    info = {"torch": torch.__version__, "timm": timm.__version__, "numpy": numpy.__version__}
+    for name in ("triton", "ffcv", "torchattacks"):
+        try:
+            info[name] = getattr(__import__(name), "__version__", "unknown")
+        except ImportError:
+            pass
     try:
         root = Path(__file__).resolve().parents[1]
         info["git_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,

@@ -1,10 +1,11 @@
 """Batches for training and evaluation: (x, y, bits) with x (N, H, W, C) uint8 on the device.
 
-Two sources with one interface, ``loader.epoch(e)`` → iterator of batches:
+Two sources with one interface, ``loader.epoch(e)`` → iterator of batches, over all samples or
+the ``indices`` given (a holdout split, an evaluation sample):
   * :class:`FFCVBatches` — the stock FFCV Loader (CPU decode, pinned memory, non-blocking copy),
     RANDOM order seeded by (seed + epoch), so any epoch can be replayed (resume);
-  * :class:`ResidentBatches` — the whole beton held on the device, batches gathered there
-    (small sets: no host→device traffic at all).
+  * :class:`ResidentBatches` — the samples read once with fastsat's own reader (``reader.py``,
+    no ffcv needed) and held on the device, batches gathered there (no host→device traffic).
 Saliency bits go to the SAT kernel untouched; augmentation happens after it (``augment.py``).
 Samples a beton marks ``has_sal = 0`` (written without a map) get fresh random bits in every batch
 (drawn from (seed, epoch, batch)), so SAT gives them pure noise rather than a fake all −1 map.
@@ -18,6 +19,10 @@ import numpy as np
 import torch
 
 from .beton import BetonInfo
+from .ffcv_import import available as ffcv_available
+from .ffcv_import import ffcv
+from .kernels.spec import derive_seed
+from .reader import BetonReader
 
 Batch = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]
 
@@ -42,12 +47,13 @@ def _quiet_numba_finalizer() -> None:
 
 
 def _loader(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int, device: torch.device,
-            train: bool, seed: int, distributed: bool = False):
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.decoders import NDArrayDecoder, SimpleRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import Squeeze, ToDevice, ToTensor
-
+            train: bool, seed: int, distributed: bool = False, indices=None):
+    IntDecoder = ffcv("ffcv.fields.basics").IntDecoder
+    decoders = ffcv("ffcv.fields.decoders")
+    loader_module, transforms = ffcv("ffcv.loader"), ffcv("ffcv.transforms")
+    Loader, OrderOption = loader_module.Loader, loader_module.OrderOption
+    Squeeze, ToDevice, ToTensor = transforms.Squeeze, transforms.ToDevice, transforms.ToTensor
+    NDArrayDecoder, SimpleRGBImageDecoder = decoders.NDArrayDecoder, decoders.SimpleRGBImageDecoder
     _quiet_numba_finalizer()
     to = [ToTensor(), ToDevice(device, non_blocking=True)]
     pipelines = {"image": [SimpleRGBImageDecoder(), *to], "label": [IntDecoder(), *to, Squeeze(1)]}
@@ -58,7 +64,7 @@ def _loader(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int
     threads = torch.get_num_threads()
     loader = Loader(str(info.path), batch_size=batch_size, num_workers=workers,
                     order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, pipelines=pipelines,
-                    drop_last=train, seed=seed, distributed=distributed, os_cache=True)
+                    drop_last=train, seed=seed, distributed=distributed, os_cache=True, indices=indices)
     torch.set_num_threads(threads)  # FFCV sets torch's thread count to `workers` for the process
     return loader
 
@@ -67,7 +73,7 @@ def _fill_missing(sal: Optional[torch.Tensor], has: Optional[torch.Tensor], seed
     """Random bits for the rows whose sample has no saliency map (``has == 0``)."""
     if sal is None or has is None:
         return sal
-    gen = torch.Generator(device=sal.device).manual_seed(hash((seed, epoch, i)) & 0x7FFFFFFF)
+    gen = torch.Generator(device=sal.device).manual_seed(derive_seed(seed, epoch, i))
     noise = torch.randint(0, 256, sal.shape, generator=gen, device=sal.device, dtype=torch.uint8)
     return torch.where(has.view(-1, 1).bool(), sal, noise)
 
@@ -76,11 +82,12 @@ class FFCVBatches:
     """The FFCV loader over a beton; yields (x uint8 NHWC, y int64, sal, sal2)."""
 
     def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, workers: int,
-                 device: torch.device, train: bool, seed: int, distributed: bool = False):
+                 device: torch.device, train: bool, seed: int, distributed: bool = False, indices=None):
         self.flagged = bool(fields) and "has_sal" in info.manifest["fields"]
         self.nsal, self.seed = len(fields), seed
         self.loader = _loader(info, fields + (["has_sal"] if self.flagged else []), batch_size=batch_size,
-                              workers=workers, device=device, train=train, seed=seed, distributed=distributed)
+                              workers=workers, device=device, train=train, seed=seed, distributed=distributed,
+                              indices=indices)
 
     def __len__(self):
         return len(self.loader)
@@ -103,14 +110,15 @@ class FFCVBatches:
 
 
 class ResidentBatches:
-    """The whole beton on ``device`` (read once through FFCV); batches are gathered there."""
+    """The samples (all, or ``indices``) on ``device``, read once with ``BetonReader``; batches are
+    gathered there. Training order: a permutation seeded by seed + epoch, like FFCV's RANDOM."""
 
-    def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, workers: int,
-                 device: torch.device, train: bool, seed: int):
-        source = FFCVBatches(info, fields, batch_size=512, workers=workers, device=torch.device("cpu"),
-                             train=False, seed=seed)
-        parts = list(zip(*[[t if t is None else t.clone() for t in b] for b in source.raw_epoch(0)]))
-        self.tensors = [None if p[0] is None else torch.cat(p).to(device) for p in parts]
+    def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, device: torch.device, train: bool,
+                 seed: int, indices=None, **_):
+        reader = BetonReader(info.path)
+        flagged = bool(fields) and "has_sal" in info.manifest["fields"]
+        names = ["image", "label", *fields, *([None] * (2 - len(fields))), "has_sal" if flagged else None]
+        self.tensors = [None if n is None else torch.from_numpy(reader.read(n, indices)).to(device) for n in names]
         self.batch_size, self.train, self.seed = batch_size, train, seed
 
     def __len__(self):
@@ -119,7 +127,7 @@ class ResidentBatches:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         n = len(self.tensors[1])
-        if self.train:  # a permutation seeded by seed + epoch, like FFCV's RANDOM order
+        if self.train:
             order = torch.from_numpy(np.random.default_rng(self.seed + epoch).permutation(n))
         else:
             order = torch.arange(n)
@@ -131,9 +139,10 @@ class ResidentBatches:
 
 
 def make_batches(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int, device: torch.device,
-                 train: bool, seed: int, resident: bool = False, distributed: bool = False):
-    if resident and not distributed:
-        return ResidentBatches(info, fields, batch_size=batch_size, workers=workers, device=device, train=train,
-                               seed=seed)
+                 train: bool, seed: int, resident: bool = False, distributed: bool = False, indices=None):
+    """The FFCV streaming loader, or the resident one (``resident``, or whenever ffcv is missing)."""
+    if (resident or not ffcv_available()) and not distributed:
+        return ResidentBatches(info, fields, batch_size=batch_size, device=device, train=train, seed=seed,
+                               indices=indices)
     return FFCVBatches(info, fields, batch_size=batch_size, workers=workers, device=device, train=train, seed=seed,
-                       distributed=distributed)
+                       distributed=distributed, indices=indices)

@@ -1,71 +1,143 @@
-"""Training methods of the paper, one loss per batch, all fed the loader's raw batch.
+"""Training methods of the paper, registered by name; each turns one raw batch into a loss.
 
 | method          | input of the CE loss                                              |
 |-----------------|-------------------------------------------------------------------|
 | standard        | clean                                                             |
 | noise           | x + U(−ε₀, ε₀)                                                    |
-| sat             | Eq. 9 + Algorithm 1 (fused kernel), then flip/translate          |
-| fgsm_rs         | FGSM from a random start, step 1.25ε (Wong et al. 2020)            |
-| pgd             | PGD-5, ε 8/255, step 2/255, random start (Madry et al.)           |
-| trades          | CE(clean) + β·KL(f(x_adv) ‖ f(x)), TRADES attack (Zhang et al.)    |
-| X_noise, X_sat  | per batch, a coin (``hybrid_p``): the noise / SAT batch, else X    |
+| sat             | Eq. 9 + Algorithm 1 (fused kernel), then flip/translate           |
+| fgsm_rs         | FGSM from a random start, step 1.25ε (Wong et al. 2020)           |
+| pgd             | PGD-k, random start (Madry et al.)                                |
+| trades          | CE(clean) + β·KL(f(x_adv) ‖ f(x)), TRADES attack (Zhang et al.)   |
+| X_noise, X_sat  | hybrids: per batch a coin (``hybrid_p``) picks the cheap method, else X |
 
-TRADES β defaults to 6 (TRADES' own CIFAR setting, the one its robustness numbers use); the SAT
-reference code ran β = 1, available as ``trades_beta=1``.
+A method is a function ``(cfg, model, batch) → (loss, logits)`` registered with
+:func:`register_method`; hybrids are built by :func:`register_hybrid` from two registered
+methods and a coin. Settings come from the run's ``TrainConfig`` (one set of defaults).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .attacks import FGSMRS, PGD, TradesAttack, UniformNoise
 from .augment import augment
-from .kernels.sat import ALPHA, EPS0, random_prob, sat_perturb
-
-METHODS = ("standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_noise", "pgd_sat",
-           "trades", "trades_noise", "trades_sat")
-SALIENCY_METHODS = tuple(m for m in METHODS if m.endswith("sat"))
+from .errors import InputError
+from .registry import Registry
 
 
-@dataclass
-class MethodConfig:
-    name: str = "sat"
-    eps: float = EPS0  # ε₀ of SAT / noise / attacks in training, pixel units
-    sat_alpha: float = ALPHA  # Eq. 9 decay: P(random) = sat_alpha ** epoch
-    pgd_steps: int = 5
-    pgd_alpha: float = 2 / 255  # pixel units
-    trades_beta: float = 6.0
-    hybrid_p: float = 0.5  # probability that a hybrid batch is the SAT / noise batch
-    granularity: str = "element"  # of the saliency field
-    flip: bool = True  # random left-right flip (after perturbation)
-    pad: int = 0  # random translation by up to ±pad pixels (after perturbation)
-    out_dtype: torch.dtype = torch.float32  # SAT kernel output
+@dataclass(frozen=True)
+class Method:
+    name: str
+    loss: Callable  # (cfg, model, Batch) -> (loss, logits the CE term saw)
+    description: str
+    needs_saliency: bool = False  # reads the beton's saliency field(s)
+    single_step: bool = False  # one-step attack: watch for catastrophic overfitting (Wong et al. 2020)
 
-    def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; expected one of {', '.join(METHODS)}")
-        if not 0.0 <= self.eps <= 1.0:
-            raise ValueError(f"eps must be in [0, 1], got {self.eps}")
-        if not 0.0 <= self.hybrid_p <= 1.0:
-            raise ValueError(f"hybrid_p must be in [0, 1], got {self.hybrid_p}")
 
-    @classmethod
-    def from_config(cls, cfg, **overrides) -> "MethodConfig":
-        """The method part of a run's config: every field both dataclasses share, by name."""
-        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)}
-        return cls(name=cfg.method, **{**shared, **overrides})
+METHODS: Registry[Method] = Registry("training method")
 
-    @property
-    def needs_saliency(self) -> bool:
-        return self.name in SALIENCY_METHODS
+
+def register_method(name: str, *, description: str, needs_saliency: bool = False, single_step: bool = False):
+    def add(fn):
+        METHODS.add(name, Method(name, fn, description, needs_saliency, single_step))
+        return fn
+    return add
+
+
+def register_hybrid(name: str, strong: str, cheap: str) -> None:
+    """``name``: per batch, ``cheap`` with probability ``cfg.hybrid_p``, else ``strong`` (the coin is
+    the batch generator's first draw)."""
+    s, c = METHODS.get(strong), METHODS.get(cheap)
+
+    def loss(cfg, model, batch):
+        coin = torch.rand(1, generator=batch.gen, device=batch.gen.device).item() < cfg.hybrid_p
+        return (c if coin else s).loss(cfg, model, batch)
+
+    METHODS.add(name, Method(name, loss, f"per batch, {cheap} with probability hybrid_p, else {strong}",
+                             s.needs_saliency or c.needs_saliency, s.single_step or c.single_step))
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, C) uint8 → (N, C, H, W) float32 in [0, 1], channels_last."""
-    return x.permute(0, 3, 1, 2).float().div_(255) if x.dtype == torch.uint8 else x.permute(0, 3, 1, 2).float()
+    """(N, H, W, C) uint8 → (N, C, H, W) float32 in [0, 1] (a view of NHWC memory: channels_last)."""
+    x = x.permute(0, 3, 1, 2)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+@dataclass
+class Batch:
+    """One training batch as the loader gives it, and its two views (clean or SAT), augmented."""
+    x: torch.Tensor  # (N, H, W, C) uint8 (or float in [0, 1])
+    y: torch.Tensor  # (N,) int64
+    bits: Optional[torch.Tensor]  # (N, nbytes) uint8 packed saliency, or None
+    epoch: int
+    seed: int  # Philox key of the SAT kernel
+    gen: torch.Generator  # every other draw of this batch (coins, augmentation, attack starts)
+    granularity: str = "element"  # of ``bits``
+    out_dtype: torch.dtype = torch.float32  # SAT kernel output
+
+    def clean(self, cfg) -> torch.Tensor:
+        return augment(to_unit(self.x), cfg.pad, cfg.flip, self.gen)
+
+    def sat(self, cfg) -> torch.Tensor:
+        """Eq. 9 + Algorithm 1 on the stored signs, then flip/translate (DESIGN §4)."""
+        from .kernels.sat import random_prob, sat_perturb  # Triton loads only when a batch needs it
+
+        if self.bits is None:
+            raise InputError("this method needs a saliency field, and the batch has none")
+        x = sat_perturb(self.x, self.bits, p=random_prob(self.epoch, cfg.sat_alpha), seed=self.seed,
+                        granularity=self.granularity, eps=cfg.eps, out_dtype=self.out_dtype)
+        return augment(x, cfg.pad, cfg.flip, self.gen)
+
+
+def _ce(model, x, y):
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+@register_method("standard", description="clean images (the cost baseline)")
+def standard(cfg, model, b: Batch):
+    return _ce(model, b.clean(cfg), b.y)
+
+
+@register_method("noise", description="x + U(−eps, eps) per element, clipped (same cost as standard)")
+def noise(cfg, model, b: Batch):
+    return _ce(model, UniformNoise(cfg.eps)(model, b.clean(cfg), b.y, generator=b.gen), b.y)
+
+
+@register_method("sat", needs_saliency=True,
+                 description="Eq. 9: stored saliency signs, random with probability sat_alpha^epoch (fused kernel)")
+def sat(cfg, model, b: Batch):
+    return _ce(model, b.sat(cfg), b.y)
+
+
+@register_method("fgsm_rs", single_step=True,
+                 description="FGSM from a random start, step 1.25·eps (Wong et al. 2020): 2 passes")
+def fgsm_rs(cfg, model, b: Batch):
+    return _ce(model, FGSMRS(cfg.eps)(model, b.clean(cfg), b.y, generator=b.gen), b.y)
+
+
+@register_method("pgd", description="PGD-pgd_steps from a random start (Madry et al.): pgd_steps + 1 passes")
+def pgd(cfg, model, b: Batch):
+    x = b.clean(cfg)
+    return _ce(model, PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.gen), b.y)
+
+
+@register_method("trades", description="CE(clean) + trades_beta·KL(f(x_adv) ‖ f(x)) (Zhang et al. 2019)")
+def trades(cfg, model, b: Batch):
+    x = b.clean(cfg)
+    adv = TradesAttack(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.gen)
+    logits = model(x).float()  # separate forward passes, as the TRADES reference (BatchNorm sees
+    logits_adv = model(adv).float()  # the clean and the adversarial batch apart)
+    kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+    return F.cross_entropy(logits, b.y) + cfg.trades_beta * kl, logits
+
+
+for _strong in ("pgd", "trades"):
+    for _cheap in ("noise", "sat"):
+        register_hybrid(f"{_strong}_{_cheap}", _strong, _cheap)
 
 
 def mix_saliency(bits: torch.Tensor, bits2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -74,45 +146,25 @@ def mix_saliency(bits: torch.Tensor, bits2: torch.Tensor, generator: torch.Gener
     return torch.where(coin.to(bits.device).view(-1, 1), bits, bits2)
 
 
-def training_loss(cfg: MethodConfig, model, x, y, bits=None, *, epoch: int, seed: int):
-    """(loss, logits) of one batch: ``x`` (N, H, W, C) uint8 or float, ``bits`` (N, nbytes) packed
-    saliency; the logits are those the CE term saw (for the training accuracy)."""
+def training_loss(cfg, model, x, y, bits=None, *, epoch: int, seed: int, granularity: str = "element",
+                  out_dtype: torch.dtype = torch.float32):
+    """(loss, logits) of one batch under ``cfg.method``: ``x`` (N, H, W, C) uint8 or float, ``bits``
+    (N, nbytes) packed saliency; the logits are those the CE term saw (for the training accuracy)."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    base, _, extra = cfg.name.partition("_")
-    if extra in ("noise", "sat") and base in ("pgd", "trades"):
-        if torch.rand(1, generator=gen, device=x.device).item() < cfg.hybrid_p:
-            base = extra  # this batch is the SAT / noise batch
-    if base == "sat":
-        if bits is None:
-            raise ValueError(f"method {cfg.name} needs a saliency field")
-        x_in = sat_perturb(x, bits, p=random_prob(epoch, cfg.sat_alpha), seed=seed, granularity=cfg.granularity,
-                           eps=cfg.eps, out_dtype=cfg.out_dtype)
-        x_in = augment(x_in, cfg.pad, cfg.flip, gen)
-    else:
-        x_in = augment(to_unit(x), cfg.pad, cfg.flip, gen)
-    if base == "noise":
-        x_in = UniformNoise(cfg.eps)(model, x_in, y, generator=gen)
-    elif base == "fgsm":
-        x_in = FGSMRS(cfg.eps)(model, x_in, y, generator=gen)
-    elif base == "pgd":
-        x_in = PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x_in, y, generator=gen)
-    elif base == "trades":
-        adv = TradesAttack(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x_in, y, generator=gen)
-        logits, logits_adv = model(torch.cat([x_in, adv])).float().chunk(2)
-        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
-        return F.cross_entropy(logits, y) + cfg.trades_beta * kl, logits
-    logits = model(x_in)
-    return F.cross_entropy(logits, y), logits
+    batch = Batch(x, y, bits, epoch, seed, gen, granularity, out_dtype)
+    return METHODS.get(cfg.method).loss(cfg, model, batch)
 
 
-def train_step(cfg: MethodConfig, model, optimizer, x, y, bits=None, *, epoch: int, seed: int,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; AMP (float16 autocast + scaler) when ``scaler`` is given.
-    Returns (loss, number of correct predictions), both detached device tensors (no sync)."""
+def train_step(cfg, model, optimizer, x, y, bits=None, *, epoch: int, seed: int,
+               scaler: torch.amp.GradScaler | None = None, granularity: str = "element"):
+    """One optimizer step; AMP (float16 autocast + scaler, float16 SAT output) when ``scaler`` is
+    given. Returns (loss, number of correct predictions), both detached device tensors (no sync)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=scaler is not None):
-        loss, logits = training_loss(cfg, model, x, y, bits, epoch=epoch, seed=seed)
+    amp = scaler is not None
+    with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=amp):
+        loss, logits = training_loss(cfg, model, x, y, bits, epoch=epoch, seed=seed, granularity=granularity,
+                                     out_dtype=torch.float16 if amp else torch.float32)
     if scaler is None:
         loss.backward()
         optimizer.step()

@@ -22,20 +22,62 @@ all +1. Maps with NaN/Inf are an error naming the samples.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
 from .models import relu_not_inplace
-from .writers.common import InputError
+from .registry import Registry
 
-GRANULARITY = {"grad_sign": "element", "gbp": "element", "smoothgrad": "element", "ig": "element",
-               "gradcam_pp_box": "pixel", "guided_gradcam_pp": "element"}
-METHODS = tuple(GRANULARITY)
-DEFAULTS = {"smoothgrad": {"samples": 16, "sigma": 0.15, "seed": 0}, "ig": {"steps": 32},
-            "gradcam_pp_box": {"threshold": 0.5}}
+
+@dataclass(frozen=True)
+class Param:
+    """A method parameter: its default (which also fixes its type) and its valid closed range."""
+    default: float
+    lo: float | None = None
+    hi: float | None = None
+
+    def parse(self, key: str, text) -> float:
+        kind = type(self.default)
+        try:
+            value = kind(text) if not isinstance(text, str) or kind is float else int(text, 10)
+        except ValueError:
+            raise InputError(f"saliency parameter {key}={text!r}: expected {kind.__name__}") from None
+        if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+            span = f"[{self.lo if self.lo is not None else '-inf'}, {self.hi if self.hi is not None else 'inf'}]"
+            raise InputError(f"saliency parameter {key}={value} is outside {span}")
+        return value
+
+
+@dataclass(frozen=True)
+class SaliencyMethod:
+    name: str
+    fn: Callable  # (teacher, x (N, C, H, W) in [0, 1], y, **params) -> attribution, or bool signs
+    granularity: str  # element (N, H, W, C) | pixel (N, H, W)
+    description: str
+    params: dict = field(default_factory=dict)  # name -> Param
+
+    def resolve(self, given: dict) -> dict:
+        """Defaults overridden by ``given`` (strings or numbers), each checked; unknown keys refused."""
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            raise InputError(f"{self.name} takes parameters {sorted(self.params) or 'none'}, not {unknown}")
+        return {k: p.parse(k, given[k]) if k in given else p.default for k, p in self.params.items()}
+
+
+SALIENCY: Registry[SaliencyMethod] = Registry("saliency method")
+
+
+def register_saliency(name: str, *, granularity: str, description: str, params: dict | None = None):
+    def add(fn):
+        SALIENCY.add(name, SaliencyMethod(name, fn, granularity, description, dict(params or {})))
+        return fn
+    return add
 
 
 def _need_captum():
@@ -54,6 +96,7 @@ class NonFiniteMap(InputError):
         self.indices = indices
 
 
+@register_saliency("grad_sign", granularity="element", description="sign of the plain input gradient of the label's logit")
 def grad_sign(model, x, y):
     """∂Φ_y/∂x by autograd (Φ_y: the logit of the label)."""
     x = x.clone().requires_grad_(True)
@@ -62,11 +105,14 @@ def grad_sign(model, x, y):
     return grad
 
 
+@register_saliency("gbp", granularity="element", description="guided backprop (captum; non-inplace ReLU modules)")
 def gbp(model, x, y):
     return _need_captum().GuidedBackprop(model).attribute(x, target=y)
 
 
-def smoothgrad(model, x, y, samples=16, sigma=0.15, seed=0):
+@register_saliency("smoothgrad", granularity="element", description="SmoothGrad: mean gradient over noisy copies (captum)",
+                   params={"samples": Param(16, 1), "sigma": Param(0.15, 0.0), "seed": Param(0, 0)})
+def smoothgrad(model, x, y, samples, sigma, seed):
     attr = _need_captum()
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed)  # NoiseTunnel draws from the global generator: fixed, then restored
@@ -74,7 +120,9 @@ def smoothgrad(model, x, y, samples=16, sigma=0.15, seed=0):
         return nt.attribute(x, nt_type="smoothgrad", nt_samples=samples, stdevs=sigma, target=y, abs=False)
 
 
-def ig(model, x, y, steps=32):
+@register_saliency("ig", granularity="element", description="integrated gradients from a black baseline (captum)",
+                   params={"steps": Param(32, 1)})
+def ig(model, x, y, steps):
     return _need_captum().IntegratedGradients(model).attribute(x, baselines=0.0, target=y, n_steps=steps)
 
 
@@ -129,11 +177,14 @@ def cam_box(cam: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
     return out
 
 
-def gradcam_pp_box(model, x, y, threshold=0.5):
+@register_saliency("gradcam_pp_box", granularity="pixel", description="box around the peak region of Grad-CAM++ (Eq. 10)",
+                   params={"threshold": Param(0.5, 0.0, 1.0)})
+def gradcam_pp_box(model, x, y, threshold):
     """Already signs: (N, H, W) bool, True inside the box."""
     return torch.from_numpy(cam_box(gradcam_pp(model, x, y), threshold))
 
 
+@register_saliency("guided_gradcam_pp", granularity="element", description="guided backprop × upsampled Grad-CAM++")
 def guided_gradcam_pp(model, x, y):
     return gbp(model, x, y) * gradcam_pp(model, x, y)[:, None]
 
@@ -141,10 +192,8 @@ def guided_gradcam_pp(model, x, y):
 def signs(method: str, teacher, x, y, **params) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, all_zero) for one batch: positive (N, H, W, C) or (N, H, W) bool with the tie rule
     (0 → +1); all_zero (N,) marks maps with no sign at all. ``teacher`` from :func:`prepare_teacher`."""
-    unknown = set(params) - set(DEFAULTS.get(method, {}))
-    if unknown:
-        raise InputError(f"{method} takes parameters {sorted(DEFAULTS.get(method, {})) or 'none'}, not {sorted(unknown)}")
-    result = FUNCTIONS[method](teacher, x, y, **{**DEFAULTS.get(method, {}), **params})
+    entry = SALIENCY.get(method)
+    result = entry.fn(teacher, x, y, **entry.resolve(params))
     if result.dtype == torch.bool:
         return result, torch.zeros(len(result), dtype=torch.bool)
     flat = result.detach().flatten(1)
@@ -152,10 +201,6 @@ def signs(method: str, teacher, x, y, **params) -> tuple[torch.Tensor, torch.Ten
     if bad.any():
         raise NonFiniteMap(bad.nonzero().flatten().tolist())
     return (result >= 0).permute(0, 2, 3, 1), (flat == 0).all(1)
-
-
-FUNCTIONS = {"grad_sign": grad_sign, "gbp": gbp, "smoothgrad": smoothgrad, "ig": ig,
-             "gradcam_pp_box": gradcam_pp_box, "guided_gradcam_pp": guided_gradcam_pp}
 
 
 def prepare_teacher(model: nn.Module) -> nn.Module:
@@ -169,8 +214,7 @@ def compute(method: str, teacher: nn.Module, images: np.ndarray, labels: np.ndar
     ((N, H, W, C) or (N, H, W) bool, number of all-zero maps), numpy."""
     from tqdm import tqdm
 
-    if method not in FUNCTIONS:
-        raise InputError(f"unknown saliency method {method!r}; expected one of {', '.join(METHODS)}")
+    SALIENCY.get(method)  # unknown names fail before the teacher is copied
     teacher = prepare_teacher(teacher).to(device)
     out, zeros = [], 0
     for start in tqdm(range(0, len(images), batch_size), desc=f"saliency {method}", disable=not progress):
@@ -213,42 +257,48 @@ def grid(teacher, images: np.ndarray, labels: np.ndarray, methods, path, title: 
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def parser():
     """python -m fastsat.saliency --teacher CKPT --beton X.beton --out grid.png [--methods a,b] [--n 6]"""
     import argparse
-    import sys
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(prog="python -m fastsat.saliency",
-                                 description="PNG grid of images beside their teacher saliency signs")
-    ap.add_argument("--teacher", type=Path, required=True)
-    ap.add_argument("--beton", type=Path, required=True)
-    ap.add_argument("--out", type=Path, default=Path("saliency_grid.png"))
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--n", type=int, default=6, help="samples (the first n of the beton)")
-    args = ap.parse_args(argv)
-    try:
-        from .beton import open_beton
-        from .data import make_batches
-        from .train import load_checkpoint
+    from .errors import ArgumentParser
 
+    ap = ArgumentParser(prog="python -m fastsat.saliency", formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="PNG grid of images beside their teacher saliency signs",
+                        epilog="saliency methods: " + SALIENCY.help() + ".")
+    ap.add_argument("--teacher", type=Path, required=True, help="checkpoint of fastsat.train")
+    ap.add_argument("--beton", type=Path, required=True, help="beton whose first samples are shown")
+    ap.add_argument("--out", type=Path, default=Path("saliency_grid.png"), help="PNG to write")
+    ap.add_argument("--methods", default=",".join(SALIENCY), help="comma-separated saliency methods")
+    ap.add_argument("--n", type=int, default=6, help="samples (the first n of the beton)")
+    return ap
+
+
+def main(argv=None) -> int:
+    from .beton import open_beton
+    from .errors import run_cli
+    from .reader import BetonReader
+    from .runs import load_checkpoint
+
+    def body():
+        args = parser().parse_args(argv)
         methods = [m for m in args.methods.split(",") if m]
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise InputError(f"unknown saliency methods {unknown}; expected some of {', '.join(METHODS)}")
+        for m in methods:
+            SALIENCY.get(m)
+        if args.n < 1:
+            raise InputError(f"--n must be >= 1, got {args.n}")
         info = open_beton(args.beton)
         ckpt = load_checkpoint(args.teacher, torch.device("cpu"))
-        if ckpt["num_classes"] != info.num_classes:
-            raise InputError(f"teacher has {ckpt['num_classes']} classes, {args.beton} has {info.num_classes}")
-        x, y, _, _ = next(make_batches(info, [], batch_size=args.n, workers=1, device=torch.device("cpu"),
-                                       train=False, seed=0).epoch(0))
-        grid(ckpt["model"], x.numpy(), y.numpy(), methods, args.out,
+        if ckpt["model_args"]["num_classes"] != info.num_classes:
+            raise InputError(f"teacher has {ckpt['model_args']['num_classes']} classes, {args.beton} has "
+                             f"{info.num_classes}")
+        idx = np.arange(min(args.n, info.num_samples))
+        reader = BetonReader(info.path)
+        grid(ckpt["model"], reader.read("image", idx), reader.read("label", idx), methods, args.out,
              f"teacher {ckpt['config']['model']} ({ckpt['config']['method']}) on {info.manifest['dataset']}")
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    return 0
+        return f"wrote {args.out}"
+    return run_cli(body)
 
 
 if __name__ == "__main__":

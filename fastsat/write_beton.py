@@ -2,52 +2,59 @@
 
     python -m fastsat.write_beton --dataset digits --split train --out data/digits_train.beton
     python -m fastsat.write_beton --dataset tiny-imagenet --root ~/data --split val --out val.beton
-    python -m fastsat.write_beton --dataset cifar10 --root ~/data --out c10.beton \
+    python -m fastsat.write_beton --dataset cifar10 --root ~/data --out c10.beton \\
         --saliency gbp --teacher runs/teacher/checkpoint.pt --saliency2 gradcam_pp_box
 
-Weak saliency (Eq. 10: ``bbox``, ``mask``) comes from the layout; teacher saliency (``grad_sign``,
-``gbp``, ``smoothgrad``, ``ig``, ``gradcam_pp_box``, ``guided_gradcam_pp``) is computed in batches
-in this process, on ``--device``, before FFCV's forking writer starts. Two maps of different
-granularity are both stored per element, so a per-sample coin can pick either (paper Table 7).
+Weak saliency (Eq. 10: ``bbox``, ``mask``) comes from the layout; teacher saliency is computed in
+batches in this process, on ``--device``, before FFCV's forking writer starts. Two maps of
+different granularity are both stored per element, so a per-sample coin can pick either (Table 7).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from .beton import SaliencyMap, file_hash, weak_map, write_beton
+from .errors import ArgumentParser, InputError, run_cli
 from .kernels import bits as bitlayout
-from .writers import DATASETS, SALIENCY, InputError, open_writer
+from .runs import load_checkpoint, pick_device
+from .saliency import SALIENCY, compute
+from .writers import LAYOUTS, OPTIONS, open_writer
+
+WEAK = ("bbox", "mask")
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m fastsat.write_beton", description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True, choices=DATASETS)
-    ap.add_argument("--root", type=Path, help="folder holding the dataset's official layout (not for digits)")
-    ap.add_argument("--split", default="train")
+def parser() -> ArgumentParser:
+    import argparse
+
+    ap = ArgumentParser(prog="python -m fastsat.write_beton", description=__doc__.splitlines()[0],
+                        epilog="datasets: " + LAYOUTS.help() + ".\n\nteacher saliency methods: " + SALIENCY.help()
+                        + ".", formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, choices=list(LAYOUTS), help="layout to read (see below)")
+    ap.add_argument("--split", default="train", help="split to write (train, test, val: as the layout has them)")
     ap.add_argument("--out", type=Path, required=True, help="output .beton path (manifest goes to OUT.json)")
-    ap.add_argument("--saliency", default="auto",
-                    help="none | bbox | mask | auto (the layout's own) | a teacher method (needs --teacher)")
+    ap.add_argument("--saliency", default="auto", metavar="METHOD",
+                    help="none | auto (the layout's weak map) | bbox | mask | a teacher method (needs --teacher)")
     ap.add_argument("--teacher", type=Path, help="checkpoint of fastsat.train for teacher saliency")
-    ap.add_argument("--saliency2", help="a second map, field sal2 (teacher method, or the layout's weak map)")
+    ap.add_argument("--saliency2", metavar="METHOD", help="a second map, field sal2 (teacher method or weak map)")
     ap.add_argument("--teacher2", type=Path, help="teacher of --saliency2 (default: --teacher)")
     ap.add_argument("--sal-param", action="append", default=[], metavar="KEY=VALUE",
-                    help="parameter of --saliency, e.g. threshold=0.4 (gradcam_pp_box), samples=32 sigma=0.1 "
-                         "seed=0 (smoothgrad), steps=64 (ig); repeatable")
+                    help="parameter of a teacher --saliency, repeatable: " + "; ".join(
+                        f"{n}: {', '.join(f'{k}={p.default}' for k, p in e.params.items())}"
+                        for n, e in SALIENCY.items() if e.params))
     ap.add_argument("--sal2-param", action="append", default=[], metavar="KEY=VALUE",
-                    help="parameter of --saliency2; repeatable")
+                    help="parameter of a teacher --saliency2; repeatable")
     ap.add_argument("--sal-batch", type=int, default=256, help="teacher batch size")
-    ap.add_argument("--device", default="auto", help="device for teacher saliency")
-    ap.add_argument("--side", type=int, help="resize images (and masks/boxes) to SIDE x SIDE pixels")
-    ap.add_argument("--fold", type=int, default=1, help="flowers17 split fold (1-3)")
-    ap.add_argument("--missing-mask", default="skip", choices=("skip", "keep"),
-                    help="flowers17 images without a trimap: skip them, or keep them with has_sal = 0")
-    ap.add_argument("--mask-root", type=Path, help="folder: parallel tree of masks (<class>/<stem>.png)")
+    ap.add_argument("--device", default="auto", help="device for teacher saliency: auto, cpu, cuda, cuda:N")
+    for name, text in OPTIONS.items():
+        kind = {"root": Path, "mask_root": Path, "side": int, "fold": int}.get(name, str)
+        ap.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                        help=text + " (default: the layout's)",
+                        **({"choices": ("skip", "keep")} if name == "missing_mask" else {}))
     ap.add_argument("--workers", type=int, default=-1, help="writer processes (-1: all cores)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    return ap.parse_args(argv)
+    return ap
 
 
 def summary(info, verb: str = "Wrote") -> str:
@@ -62,13 +69,13 @@ def summary(info, verb: str = "Wrote") -> str:
             f"manifest {info.path}.json.{notes}")
 
 
-def _params(pairs: list[str]) -> dict:
+def _params(pairs: list[str], flag: str) -> dict:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise InputError(f"--sal-param {pair!r}: expected KEY=VALUE")
-        out[key] = float(value) if "." in value else int(value)
+        if not sep or not key:
+            raise InputError(f"{flag} {pair!r}: expected KEY=VALUE")
+        out[key] = value
     return out
 
 
@@ -85,82 +92,90 @@ def _gather(samples):
     return np.stack(images), np.asarray(labels), None if masks[0] is None else np.stack(masks)
 
 
-def _teacher_map(method, ckpt_path, samples, images, labels, args, params):
-    from .saliency import DEFAULTS, GRANULARITY, compute
-    from .train import load_checkpoint, pick_device
-
+def _load_teacher(ckpt_path, source, device) -> dict:
     if ckpt_path is None:
-        raise InputError(f"--saliency {method} needs --teacher CKPT (a checkpoint of fastsat.train)")
-    device = pick_device(args.device)
+        raise InputError("a teacher saliency method needs --teacher CKPT (a checkpoint of fastsat.train)")
     ckpt = load_checkpoint(ckpt_path, device)
-    source = samples.source
-    if ckpt["num_classes"] != len(source.class_names):
-        raise InputError(f"teacher {ckpt_path} has {ckpt['num_classes']} classes but {source.dataset} has "
-                         f"{len(source.class_names)}")
+    classes = ckpt["model_args"]["num_classes"]
+    if classes != len(source.class_names):
+        raise InputError(f"teacher {ckpt_path} has {classes} classes but {source.dataset} has {len(source.class_names)}")
     if ckpt["identity"]["dataset"] != source.dataset:
         raise InputError(f"teacher {ckpt_path} was trained on {ckpt['identity']['dataset']}, not {source.dataset}")
-    positive, zero_maps = compute(method, ckpt["model"], images, labels, batch_size=args.sal_batch, device=device,
-                                  params=params)
-    from .beton import file_hash
-
-    info = {"method": method, "params": {**DEFAULTS.get(method, {}), **params}, "teacher": str(ckpt_path), "teacher_blake2b": file_hash(ckpt_path),
-            "teacher_model": ckpt["config"]["model"], "teacher_width": ckpt["config"]["width"],
-            "teacher_method": ckpt["config"]["method"]}
-    return GRANULARITY[method], positive, info, zero_maps
+    return ckpt
 
 
-def write(args) -> "object":
-    from .beton import SaliencyMap, write_beton
-    from .saliency import METHODS as TEACHER_METHODS
-
-    samples = open_writer(args.dataset, args.root, args.split, args.side, args.fold, args.missing_mask,
-                          args.mask_root)
-    source = samples.source
-    weak = ("none", *SALIENCY[args.dataset])
-    requested = [source.saliency if args.saliency == "auto" else args.saliency] + (
-        [args.saliency2] if args.saliency2 else [])
-    for method in requested:
-        if method not in weak and method not in TEACHER_METHODS:
+def _plan(args, layout, source) -> list[tuple[str, Path | None, dict]]:
+    """(method, teacher, resolved params) per requested map, every flag checked before any work."""
+    weak = ("none", *layout.weak)
+    requested = [source.saliency if args.saliency == "auto" else args.saliency]
+    if args.saliency2:
+        requested.append(args.saliency2)
+    if requested[0] == "none" and len(requested) > 1:
+        raise InputError("--saliency2 needs a first saliency map")
+    plan = []
+    for method, teacher, pairs, flag in zip(requested, [args.teacher, args.teacher2 or args.teacher],
+                                            [args.sal_param, args.sal2_param], ["--sal-param", "--sal2-param"]):
+        if method not in weak and method not in SALIENCY:
             raise InputError(f"{args.dataset} has no {method!r} saliency (weak: {', '.join(weak)}; "
-                             f"teacher: {', '.join(TEACHER_METHODS)})")
-    if requested[0] == "none":
-        if len(requested) > 1:
-            raise InputError("--saliency2 needs a first saliency map")
-        return write_beton(samples, source, args.out, overwrite=args.overwrite, workers=args.workers)
-    if args.out.exists() and not args.overwrite:  # fail before minutes of teacher saliency
+                             f"teacher: {', '.join(SALIENCY)})")
+        if method in SALIENCY:
+            if teacher is None:
+                raise InputError(f"--saliency {method} needs --teacher CKPT (a checkpoint of fastsat.train)")
+            plan.append((method, teacher, SALIENCY.get(method).resolve(_params(pairs, flag))))
+        elif pairs:
+            raise InputError(f"{flag} applies to teacher saliency methods, not to {method!r}")
+        else:
+            plan.append((method, None, {}))
+    return plan
+
+
+def write(args):
+    layout = LAYOUTS.get(args.dataset)
+    if args.out.exists() and not args.overwrite:  # fail before minutes of reading or saliency
         raise InputError(f"{args.out} exists (use --overwrite to replace it)")
-    if len(requested) == 1 and requested[0] in weak:
-        maps = {"sal": SaliencyMap("pixel", {"method": requested[0], "equation": "Eq. 10"})}
-        return write_beton(samples, source, args.out, maps=maps, overwrite=args.overwrite, workers=args.workers)
+    if args.out.is_dir():
+        raise InputError(f"--out {args.out} is a folder; name the .beton file to write")
+    if not args.out.parent.is_dir():
+        raise InputError(f"output folder {args.out.parent} does not exist")
+    if args.sal_batch < 1:
+        raise InputError(f"--sal-batch must be >= 1, got {args.sal_batch}")
+    samples = open_writer(args.dataset, args.split, **{k: getattr(args, k) for k in OPTIONS})
+    source = samples.source
+    plan = _plan(args, layout, source)
+    device = pick_device(args.device)
+    teachers = {t: _load_teacher(t, source, device) for _, t, _ in plan if t is not None}
+    write_args = {"overwrite": args.overwrite, "workers": args.workers}
+    if plan[0][0] == "none":
+        return write_beton(samples, source, args.out, **write_args)
+    if len(plan) == 1 and plan[0][0] in WEAK:
+        maps = {"sal": weak_map(plan[0][0])}
+        return write_beton(samples, source, args.out, maps=maps, **write_args)
 
     images, labels, masks = _gather(samples)
     computed = []
-    for method, teacher, params in zip(requested, [args.teacher, args.teacher2 or args.teacher],
-                                       [_params(args.sal_param), _params(args.sal2_param)]):
-        if method in TEACHER_METHODS:
-            granularity, positive, info, zero_maps = _teacher_map(method, teacher, samples, images, labels, args, params)
-            if zero_maps:
-                source.notes.append(f"{method}: {zero_maps} all-zero maps stored as all +1 (tie rule)")
-        else:
-            granularity, positive, info = "pixel", masks, {"method": method, "equation": "Eq. 10"}
-        computed.append((granularity, positive, info))
+    for method, teacher, params in plan:
+        if teacher is None:
+            computed.append(("pixel", masks, {"method": method, "equation": "Eq. 10"}))
+            continue
+        ckpt = teachers[teacher]
+        positive, zero_maps = compute(method, ckpt["model"], images, labels, batch_size=args.sal_batch,
+                                      device=device, params=params)
+        if zero_maps:
+            source.notes.append(f"{method}: {zero_maps} all-zero maps stored as all +1 (tie rule)")
+        cfg = ckpt["config"]
+        computed.append((SALIENCY.get(method).granularity, positive, {
+            "method": method, "params": params, "teacher": str(teacher), "teacher_blake2b": file_hash(teacher),
+            "teacher_model": cfg["model"], "teacher_width": cfg["width"], "teacher_method": cfg["method"]}))
     if len({g for g, _, _ in computed}) > 1:  # mixable maps share one layout: widen pixel maps
         c = source.image_shape[2]
         computed = [("element", p if g == "element" else np.repeat(p[..., None], c, axis=3), i) for g, p, i in computed]
     maps = {name: SaliencyMap(g, info, bitlayout.pack_np(p)) for name, (g, p, info) in zip(("sal", "sal2"), computed)}
-    return write_beton(samples, source, args.out, maps=maps, overwrite=args.overwrite, workers=args.workers)
+    return write_beton(samples, source, args.out, maps=maps, **write_args)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        info = write(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary(info))
-    return 0
+    return run_cli(lambda: summary(write(parser().parse_args(argv))))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -21,7 +21,6 @@ branch, ``r & 1`` is the sign z.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 
@@ -29,10 +28,9 @@ import numpy as np
 import torch
 
 from . import bits as bitlayout
-from .philox import MASK32, draws_np, philox4x32, split_seed
+from .philox import draws_np, philox4x32, split_seed
+from .spec import ALPHA, EPS0
 
-ALPHA = 0.6 ** (1 / 10)  # Eq. 9 decay: P(random) = 0.6 after 10 epochs
-EPS0 = 8 / 255  # Algorithm 1 step, pixel space
 THRESHOLD_BITS = 24  # resolution of p: draws compare their top 24 bits against round(p·2²⁴)
 OUT_DTYPES = (torch.float32, torch.float16)
 IN_DTYPES = (torch.uint8, torch.float16, torch.float32)
@@ -44,12 +42,6 @@ def random_prob(epoch: int, alpha: float = ALPHA) -> float:
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     return alpha**epoch
-
-
-def step_seed(run_seed: int, epoch: int, step: int) -> int:
-    """A 63-bit Philox key for one batch, derived from (run seed, epoch, step)."""
-    digest = hashlib.blake2b(f"{run_seed}/{epoch}/{step}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def threshold(p: float) -> int:

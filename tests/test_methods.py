@@ -5,8 +5,11 @@ import torch
 
 from fastsat.attacks import FGSMRS, PGD, TradesAttack
 from fastsat.kernels import bits as bitlayout
-from fastsat.kernels.sat import random_prob, step_seed
-from fastsat.methods import METHODS, MethodConfig, train_step, training_loss
+from fastsat.config import TrainConfig
+from fastsat.errors import InputError
+from fastsat.kernels.sat import random_prob
+from fastsat.kernels.spec import derive_seed
+from fastsat.methods import METHODS, train_step, training_loss
 from fastsat.models import build_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,7 +31,7 @@ def test_every_method_lowers_its_loss(name):
     x, y, b = fixed_batch()
     model = small_model()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    cfg = MethodConfig(name, flip=False)
+    cfg = TrainConfig(method=name, flip=False, pad=0)
 
     def loss_now():
         model.train()
@@ -36,7 +39,7 @@ def test_every_method_lowers_its_loss(name):
 
     before = loss_now()
     for i in range(6):
-        train_step(cfg, model, opt, x, y, b, epoch=3, seed=step_seed(0, 3, i))
+        train_step(cfg, model, opt, x, y, b, epoch=3, seed=derive_seed(0, 3, i))
     assert loss_now() < before
 
 
@@ -53,7 +56,7 @@ def test_sat_schedule_through_the_dispatcher(epoch):
     x = torch.full((32, 32, 32, 3), 128, dtype=torch.uint8)
     positive = torch.rand(32, 32 * 32 * 3) < 0.5
     model = Recorder()
-    training_loss(MethodConfig("sat", flip=False), model, x, torch.zeros(32, dtype=torch.long),
+    training_loss(TrainConfig(method="sat", flip=False, pad=0), model, x, torch.zeros(32, dtype=torch.long),
                   bitlayout.pack_torch(positive), epoch=epoch, seed=9)
     up = (model.seen > 128 / 255).permute(0, 2, 3, 1).reshape(32, -1)
     follows = (up != positive).double().mean().item()  # δ = −s
@@ -63,10 +66,10 @@ def test_sat_schedule_through_the_dispatcher(epoch):
 
 def test_saliency_method_needs_bits():
     x, y, _ = fixed_batch(4)
-    with pytest.raises(ValueError, match="saliency"):
-        training_loss(MethodConfig("sat"), small_model(), x, y, None, epoch=0, seed=1)
-    with pytest.raises(ValueError, match="unknown method"):
-        MethodConfig("sat2")
+    with pytest.raises(InputError, match="saliency"):
+        training_loss(TrainConfig(method="sat"), small_model(), x, y, None, epoch=0, seed=1)
+    with pytest.raises(InputError, match="unknown 'sat2'"):
+        TrainConfig(method="sat2").validate()
 
 
 @pytest.mark.parametrize("attack", [PGD(eps=4 / 255, steps=3), FGSMRS(eps=4 / 255), TradesAttack(eps=4 / 255, steps=2)])

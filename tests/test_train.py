@@ -11,7 +11,7 @@ from fastsat.compare import main as compare_main
 from fastsat.config import load_config
 from fastsat.evaluate import main as evaluate_main
 from fastsat.train import main as train_main
-from fastsat.writers.common import InputError
+from fastsat.errors import InputError
 
 
 def metrics(out):
@@ -22,15 +22,17 @@ def test_run_writes_everything(tmp_path, tiny_flags, capsys):
     out = tmp_path / "run"
     assert train_main([*tiny_flags, "--method", "sat", "--epochs", "2", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "robustness.json", "robustness.md", "robustness.png"} <= names
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "summary.json", "robustness.json",
+            "robustness.md", "robustness.png"} <= names
     lines = metrics(out)
     assert [m["epoch"] for m in lines] == [0, 1]
-    assert {"loss", "train_acc", "val_acc", "epoch_seconds", "images_per_s"} <= set(lines[0])
+    assert {"loss", "train_acc", "holdout_clean", "holdout_pgd", "epoch_seconds", "images_per_s"} <= set(lines[0])
     saved = json.loads((out / "config.json").read_text())
     assert saved["config"]["method"] == "sat" and "torch" in saved and "git_commit" in saved
     robust = json.loads((out / "robustness.json").read_text())
-    assert set(robust) == {"clean", "pgd5", "noise", "trades", "saliency"}
-    assert "| pgd5 |" in capsys.readouterr().out
+    assert set(robust["attacks"]) == {"pgd20", "autoattack", "saliency", "noise", "stored_map", "worst_case"}
+    assert robust["n"] == 64 and robust["settings"]["seed"] == 0
+    assert "| pgd20 |" in capsys.readouterr().out
 
 
 def test_resume_gives_the_same_metrics(tmp_path, tiny_flags):
@@ -39,7 +41,7 @@ def test_resume_gives_the_same_metrics(tmp_path, tiny_flags):
     assert train_main([*flags, "--epochs", "3", "--out", str(straight)]) == 0
     assert train_main([*flags, "--epochs", "1", "--out", str(resumed)]) == 0  # "interrupted" after epoch 1
     assert train_main([*flags, "--epochs", "3", "--out", str(resumed), "--resume"]) == 0
-    keys = ("epoch", "loss", "train_acc", "val_acc")
+    keys = ("epoch", "loss", "train_acc", "holdout_clean", "holdout_pgd")
     assert [{k: m[k] for k in keys} for m in metrics(straight)] == [{k: m[k] for k in keys} for m in metrics(resumed)]
     assert json.loads((straight / "robustness.json").read_text()) == json.loads((resumed / "robustness.json").read_text())
 
@@ -54,10 +56,10 @@ def test_config_file_then_flags(tmp_path):
 
 
 @pytest.mark.parametrize("flags,word", [
-    (["--method", "magic"], "unknown method"),
+    (["--method", "magic"], "invalid choice: 'magic'"),
     (["--model", "resnet9000"], "unknown model"),
-    (["--eps", "1.5"], "eps must be in"),
-    (["--hybrid-p", "-0.1"], "hybrid_p must be in"),
+    (["--eps", "1.5"], "--eps must be in [0, 1]"),
+    (["--hybrid-p", "-0.1"], "--hybrid-p must be in"),
     (["--method", "sat", "--sal-mix"], "no saliency field 'sal2'"),
 ])
 def test_bad_input(tmp_path, tiny_flags, capsys, flags, word):
@@ -96,7 +98,7 @@ def test_evaluate_checkpoint_and_mismatch(tmp_path, tiny_flags, digits, capsys):
     capsys.readouterr()
     assert evaluate_main(["--checkpoint", str(out / "checkpoint.pt"), "--eval-eps", "1,3", "--eval-limit", "32",
                           "--out", str(tmp_path / "ev")]) == 0
-    assert json.loads((tmp_path / "ev" / "robustness.json").read_text())["pgd5"].keys() == {"1", "3"}
+    assert json.loads((tmp_path / "ev" / "robustness.json").read_text())["attacks"]["pgd20"].keys() == {"1", "3"}
     from tests import layouts
     from fastsat.write_beton import main as write_main
 
@@ -112,16 +114,30 @@ def test_gpu_resident_loader_matches_ffcv(tmp_path, tiny_flags):
     flags = [*tiny_flags, "--method", "sat", "--epochs", "1", "--eval-eps", "2"]
     assert train_main([*flags, "--out", str(a)]) == 0
     assert train_main([*flags, "--out", str(b), "--gpu-resident"]) == 0
-    keys = ("loss", "train_acc", "val_acc")
+    keys = ("loss", "train_acc", "holdout_clean", "holdout_pgd")
     assert [{k: m[k] for k in keys} for m in metrics(a)] == [{k: m[k] for k in keys} for m in metrics(b)]
+    # and with ffcv hidden, the run falls back to fastsat's own reader with the same result
+    c = tmp_path / "c"
+    code = ("import sys; sys.modules['ffcv'] = None; from fastsat.train import main; "
+            f"sys.exit(main({[*flags, '--out', str(c)]!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [{k: m[k] for k in keys} for m in metrics(a)] == [{k: m[k] for k in keys} for m in metrics(c)]
 
 
 def test_compare_runner(tmp_path, tiny_flags, capsys):
     out = tmp_path / "cmp"
-    assert compare_main([*tiny_flags, "--methods", "standard,sat", "--epochs", "1", "--out", str(out)]) == 0
-    table = (out / "comparison.md").read_text().splitlines()
+    flags = [*tiny_flags, "--methods", "standard,sat", "--epochs", "1", "--out", str(out), "--seeds", "2"]
+    assert compare_main(flags) == 0
+    table = [row for row in (out / "comparison.md").read_text().splitlines() if row.startswith("|")]
     assert [row.split("|")[1].strip() for row in table[2:]] == ["standard", "sat"]
+    assert " ± " in table[2] and "2 seed(s) (0, 1)" in (out / "comparison.md").read_text()
+    assert {p.name for p in (out / "sat").iterdir()} == {"seed0", "seed1"}
     assert (out / "frontier.png").stat().st_size > 1000
+    stamp = (out / "sat" / "seed1" / "summary.json").stat().st_mtime_ns
+    assert compare_main(flags) == 0  # finished runs are reused, not trained again
+    assert (out / "sat" / "seed1" / "summary.json").stat().st_mtime_ns == stamp
+    assert compare_main([*flags[:-2], "--seeds", "0"]) == 2
 
 
 @pytest.mark.slow

@@ -1,45 +1,39 @@
 """Dataset readers, one module per official on-disk layout; each yields (image, label, positive).
 
-``open_writer(dataset, ...)`` builds one; ``SALIENCY`` says which weak saliency each layout has.
+Each layout registers itself with ``@register_layout`` (``common.py``); ``open_writer(name, ...)``
+builds one, checking the options it takes. ``LAYOUTS`` lists them (with their weak saliency).
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
-from typing import Optional
 
-from .common import InputError, Source
+from .common import LAYOUTS, OPTIONS, InputError, Layout, Source, register_layout
 
-DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "flowers17", "folder")
-# weak (Eq. 10) saliency a layout carries; "none" is always possible
-SALIENCY = {"digits": ("mask",), "cifar10": (), "cifar100": (), "tiny-imagenet": ("bbox",),
-            "flowers17": ("mask",), "folder": ("mask",)}
+for _module in pkgutil.iter_modules(__path__):  # every layout module registers itself on import
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def open_writer(dataset: str, root: Optional[Path] = None, split: str = "train", side: Optional[int] = None,
-                fold: int = 1, missing_mask: str = "skip", mask_root: Optional[Path] = None):
-    """The sample sequence for ``dataset`` (its ``.source`` describes it)."""
-    if dataset not in DATASETS:
-        raise InputError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    if dataset != "digits" and root is None:
-        raise InputError(f"--root is required for {dataset}")
-    if root is not None and not Path(root).exists():
-        raise InputError(f"root {root} does not exist")
-    if dataset == "digits":
-        from .digits import SIDE, Digits
-        return Digits(split, side or SIDE)
-    if dataset in ("cifar10", "cifar100"):
-        from .cifar import Cifar
-        if side not in (None, 32):
-            raise InputError(f"{dataset} images are 32x32; resizing is not supported")
-        return Cifar(Path(root), split, dataset)
-    if dataset == "tiny-imagenet":
-        from .tiny_imagenet import TinyImageNet
-        return TinyImageNet(Path(root), split, side)
-    if dataset == "flowers17":
-        from .flowers17 import Flowers17
-        return Flowers17(Path(root), split, side or 64, fold, missing_mask)
-    from .folder import ImageFolder
-    return ImageFolder(Path(root), split, side or 64, mask_root)
+def open_writer(dataset: str, split: str = "train", **given):
+    """The sample sequence for ``dataset`` (its ``.source`` describes it). ``given``: options the
+    user set (None: not set); one the layout does not take is an error, not silently ignored."""
+    layout = LAYOUTS.get(dataset)
+    given = {k: v for k, v in given.items() if v is not None}
+    extra = sorted(set(given) - set(layout.options))
+    if extra:
+        raise InputError(f"{dataset} does not take {', '.join('--' + k.replace('_', '-') for k in extra)}")
+    options = {**layout.options, **given}
+    if "root" in options:
+        root = options["root"]
+        if root is None:
+            raise InputError(f"--root is required for {dataset}")
+        if not Path(root).is_dir():
+            raise InputError(f"--root {root}: {'not a folder' if Path(root).exists() else 'does not exist'}")
+        options["root"] = Path(root)
+    if "side" in given and (not isinstance(given["side"], int) or given["side"] < 1):
+        raise InputError(f"--side must be >= 1, got {given['side']}")
+    return layout.factory(split=split, **options)
 
 
-__all__ = ["DATASETS", "SALIENCY", "InputError", "Source", "open_writer"]
+__all__ = ["LAYOUTS", "OPTIONS", "InputError", "Layout", "Source", "open_writer", "register_layout"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import InputError, Source, require
+from .common import InputError, Source, register_layout, require
 
 LAYOUTS = {
     "cifar10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
@@ -57,3 +57,14 @@ class Cifar:
 
     def __getitem__(self, i):
         return self.images[i], int(self.labels[i]), None
+
+
+@register_layout("cifar10", options={"root": None}, description="CIFAR-10 python pickles (cifar-10-batches-py/)")
+def cifar10(split: str, root: Path) -> Cifar:
+    return Cifar(root, split, "cifar10")
+
+
+@register_layout("cifar100", options={"root": None},
+                 description="CIFAR-100 python pickles (cifar-100-python/, fine labels)")
+def cifar100(split: str, root: Path) -> Cifar:
+    return Cifar(root, split, "cifar100")

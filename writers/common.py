@@ -10,13 +10,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
+from ..errors import InputError
+from ..registry import Registry
 
-class InputError(ValueError):
-    """Bad user input (missing files, wrong layout, bad boxes/masks): reported in one line."""
+OPTIONS = {  # every option a layout may take: its flag's help
+    "root": "folder holding the dataset's official layout",
+    "side": "resize images (and masks / boxes) to SIDE x SIDE pixels",
+    "fold": "split fold (flowers17: 1-3)",
+    "missing_mask": "images without a mask: skip them, or keep them with has_sal = 0 (random SAT bits)",
+    "mask_root": "parallel tree of masks <class>/<stem>.png (folder layout)",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    factory: Callable  # (split=..., **options) -> sample sequence with .source
+    description: str
+    weak: tuple  # Eq. 10 saliency the layout carries ("bbox", "mask"); "none" is always possible
+    options: dict  # option -> default (None: required where the layout needs it)
+
+
+LAYOUTS: Registry[Layout] = Registry("dataset")
+
+
+def register_layout(name: str, *, description: str, weak: tuple = (), options: dict | None = None):
+    """Register a sample-sequence factory ``factory(split, **options)`` for ``--dataset name``."""
+    unknown = set(options or {}) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"layout {name}: unknown options {sorted(unknown)}")
+
+    def add(factory):
+        LAYOUTS.add(name, Layout(name, factory, description, tuple(weak), dict(options or {})))
+        return factory
+    return add
 
 
 @dataclass

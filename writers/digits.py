@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import InputError, Source
+from .common import InputError, Source, register_layout
 
 SIDE = 32
 INK = 0.25  # fraction of full ink that counts as foreground
 SPLITS = ("train", "test")
 
 
+@register_layout("digits", weak=("mask",), options={"side": 32},
+                 description="scikit-learn's handwritten digits (in its wheel; no download), ink mask")
 class Digits:
     def __init__(self, split: str = "train", side: int = SIDE):
         import torch

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import InputError, Source, eq10_mask, load_pair, load_rgb, require
+from .common import InputError, Source, eq10_mask, load_pair, load_rgb, register_layout, require
 
 CLASSES = ["daffodil", "snowdrop", "lily valley", "bluebell", "crocus", "iris", "tigerlily", "tulip",
            "fritillary", "sunflower", "daisy", "colts' foot", "dandelion", "cowslip", "buttercup",
@@ -23,6 +23,9 @@ SPLIT_KEYS = {"train": "trn", "val": "val", "test": "tst"}
 FOREGROUND = 128  # trimap value from which a pixel counts as flower
 
 
+@register_layout("flowers17", weak=("mask",),
+                 options={"root": None, "side": 64, "fold": 1, "missing_mask": "skip"},
+                 description="Oxford Flowers-17 jpg/ + trimaps/ + datasplits.mat")
 class Flowers17:
     def __init__(self, root: Path, split: str = "train", side: int = 64, fold: int = 1,
                  missing_mask: str = "skip"):

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from .common import InputError, Source, eq10_box, load_rgb, require
+from .common import InputError, Source, eq10_box, load_rgb, register_layout, require
 
 NATIVE = 64
 SPLITS = ("train", "val")
@@ -35,6 +35,8 @@ def _box(cols: list[str], where: str) -> tuple[int, int, int, int]:
         raise InputError(f"{where}bbox {cols} is not four integers") from None
 
 
+@register_layout("tiny-imagenet", weak=("bbox",), options={"root": None, "side": None},
+                 description="tiny-imagenet-200/ with its boxes (train and val)")
 class TinyImageNet:
     def __init__(self, root: Path, split: str = "train", side: Optional[int] = None):
         if split not in SPLITS:

@@ -1,0 +1,45 @@
+"""User errors and the one way every entry point reports them.
+
+``InputError`` is bad user input (a flag, a file, a layout): it reaches the user as one line,
+``error: <message>``, and exit code 2. This module imports nothing from the project, so every
+layer (``kernels``, ``writers``, ``fastsat``) may raise it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+class InputError(ValueError):
+    """Bad user input (missing files, wrong layout, out-of-range flags): reported in one line."""
+
+
+def run_cli(body: Callable[[], object]) -> int:
+    """Run an entry point's ``body`` (flag parsing included); an InputError becomes ``error: …`` on
+    stderr and exit code 2.
+
+    ``body`` returns text to print on success (or None). Nothing else is caught: a bug keeps its
+    traceback."""
+    try:
+        text = body()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    if text:
+        print(text)
+    return 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults shown in ``--help`` and bad flags reported as one ``error:`` line."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise InputError(f"{message} (see --help)")

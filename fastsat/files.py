@@ -1,0 +1,62 @@
+"""Atomic files: write under a hidden temporary name in the same folder, then rename.
+
+A reader never sees a half-written file. Temporary names carry the writer's pid
+(``.NAME.tmp-PID``), so the next write to the same path removes those of dead processes
+(after a kill -9 or a full disk) and leaves those of live ones alone.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_name(path: Path, tag: str = "tmp") -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+
+
+def stale_temps(path: Path, tag: str = "tmp") -> list[Path]:
+    """Temporaries of ``path`` left by processes that no longer run."""
+    path = Path(path)
+    found = []
+    if not path.parent.is_dir():
+        return found
+    prefix = f".{path.name}.{tag}-"
+    for p in path.parent.iterdir():
+        if p.name.startswith(prefix):
+            pid = p.name[len(prefix):].split(".")[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                found.append(p)
+    return found
+
+
+def remove_stale_temps(path: Path) -> None:
+    for p in stale_temps(path):
+        p.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename to ``path``; the temporary goes on any failure (full disk, signal)."""
+    path = Path(path)
+    remove_stale_temps(path)
+    tmp = temp_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))

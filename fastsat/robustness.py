@@ -1,0 +1,257 @@
+"""Robustness verdicts: strong attacks, a per-sample worst case, and gradient-masking checks.
+
+Used at the end of every run and by ``python -m fastsat.evaluate``. Default protocol (``--eval-protocol default``), all L∞ in pixel space [0, 1], eval mode:
+  * PGD-k (random start, step ``eval_step_size``/255, last iterate) for k in ``eval_steps`` (20);
+  * AutoAttack (``eval_aa``: standard = APGD-CE, APGD-T, FAB-T, Square with the original's settings);
+  * the paper's saliency attack, white-box: x − ε·sign(∇ₓ Φ^y(x)) on the evaluated model;
+  * uniform noise; the beton's stored map as a transfer attack (``stored_map``) where it has one;
+  * ``worst_case``: per sample, wrong under any attack at that ε;
+  * gradient-masking checks, each a pass/fail flag with its numbers: accuracy non-increasing in ε
+    and in PGD steps, PGD-20 ≈ PGD-40, PGD-100 at ε = 64/255 ≈ 0, black-box Square no better than
+    the white-box attacks.
+Paper protocol (``--eval-protocol paper``): PGD-5/20/40, uniform noise, the TRADES attack and the
+white-box saliency attack, as the paper's tables. Samples: all of the beton, or a seeded,
+class-stratified sample (``--eval-limit``) whose indices the report records.
+Writes ``robustness.json``, ``robustness.md`` and ``robustness.png`` (accuracy vs ε per attack).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .attacks import PGD, AutoAttack, SaliencyAttack, StoredMapAttack, TradesAttack, UniformNoise
+from .kernels import bits as bitlayout
+from .kernels.spec import derive_seed
+from .methods import to_unit
+from .reader import BetonReader
+from .subsets import per_class, stratified
+
+PAPER_STEPS = [5, 20, 40]
+CHECK = {"steps": [5, 20, 40], "converged_points": 2.0, "large_eps": 64, "large_steps": 100,
+         "large_max_acc": 2.0, "square_queries": 1000}  # the masking checks' settings, stated in reports
+EVAL_BATCH = 256
+
+
+@dataclass
+class EvalData:
+    """The evaluated samples, in memory: x (N, H, W, C) uint8, y (N,), the stored map's signs."""
+    x: torch.Tensor
+    y: torch.Tensor
+    bits: Optional[torch.Tensor]  # (N, nbytes) uint8, or None
+    granularity: Optional[str]
+    indices: np.ndarray  # into the beton
+    per_class: dict
+    source: dict  # beton, dataset, split, size
+
+
+def sample_indices(labels: np.ndarray, limit: int, seed: int, among: Optional[np.ndarray] = None) -> np.ndarray:
+    """Indices to evaluate: all of ``among`` (default: every sample), or ``limit`` of them, seeded
+    and class-stratified."""
+    among = np.arange(len(labels)) if among is None else np.asarray(among)
+    return among[stratified(labels[among], limit, seed, salt=2)] if limit else among
+
+
+def eval_data(info, idx: np.ndarray, device) -> EvalData:
+    """Samples ``idx`` of the beton, in memory on ``device``."""
+    reader = BetonReader(info.path)
+    has_map = "sal" in info.saliency
+    return EvalData(torch.from_numpy(reader.read("image", idx)).to(device),
+                    torch.from_numpy(reader.read("label", idx)).to(device),
+                    torch.from_numpy(reader.read("sal", idx)).to(device) if has_map else None,
+                    info.granularity() if has_map else None, idx, per_class(info.labels, idx),
+                    {"beton": str(info.path), "dataset": info.manifest["dataset"],
+                     "split": info.manifest["split"], "size": info.num_samples})
+
+
+def correct_under(model, data: EvalData, attack=None, seed: int = 0) -> torch.Tensor:
+    """(N,) bool: which samples the model gets right, under ``attack`` when given."""
+    model.eval()
+    out = []
+    for b, start in enumerate(range(0, len(data.y), EVAL_BATCH)):
+        sl = slice(start, start + EVAL_BATCH)
+        x, y = to_unit(data.x[sl]).contiguous(memory_format=torch.channels_last), data.y[sl]
+        if attack is not None:
+            kwargs = {"generator": torch.Generator(device=x.device).manual_seed(derive_seed(seed, b))}
+            if isinstance(attack, StoredMapAttack):
+                kwargs["signs"] = bitlayout.signs_torch(data.bits[sl], tuple(data.x.shape[1:]),
+                                                        data.granularity).permute(0, 3, 1, 2)
+            x = attack(model, x, y, **kwargs)
+        with torch.no_grad():
+            out.append(model(x).argmax(1) == y)
+    return torch.cat(out).cpu()
+
+
+def jobs(cfg, data: EvalData, n_classes: int) -> list[tuple[str, float, object]]:
+    """(row, ε in 1/255, attack) of the protocol."""
+    step = cfg.eval_step_size / 255
+    steps = PAPER_STEPS if cfg.eval_protocol == "paper" else cfg.eval_steps
+    out = [(f"pgd{k}", e, PGD(e / 255, step, k)) for k in steps for e in cfg.eval_eps]
+    if cfg.eval_protocol == "paper":
+        out += [("trades", e, TradesAttack(e / 255, step, 5)) for e in cfg.eval_eps]
+    elif cfg.eval_aa != "none":
+        out += [("autoattack", e, AutoAttack(e / 255, cfg.eval_aa, n_classes, cfg.eval_aa_steps, cfg.eval_aa_queries,
+                                             cfg.seed)) for e in cfg.eval_eps]
+    out += [("saliency", e, SaliencyAttack(e / 255)) for e in cfg.eval_eps]
+    out += [("noise", e, UniformNoise(e / 255)) for e in cfg.eval_noise]
+    if data.bits is not None and cfg.eval_protocol != "paper":
+        out += [("stored_map", e, StoredMapAttack(e / 255)) for e in cfg.eval_eps]
+    return out
+
+
+def settings(cfg) -> dict:
+    """What every number in the report was measured with."""
+    s = {"protocol": cfg.eval_protocol, "seed": cfg.seed, "eps_units": "1/255, L-inf, pixels in [0, 1]",
+         "pgd": {"steps": PAPER_STEPS if cfg.eval_protocol == "paper" else cfg.eval_steps,
+                 "step_size": cfg.eval_step_size, "random_start": True, "restarts": 1, "iterate": "last"},
+         "saliency": "white-box x - eps*sign(grad_x logit_y), one step", "noise": "U(-eps, eps) per element"}
+    if cfg.eval_protocol == "paper":
+        s["trades"] = {"steps": 5, "step_size": cfg.eval_step_size}
+    elif cfg.eval_aa != "none":
+        s["autoattack"] = {"version": cfg.eval_aa, "steps": cfg.eval_aa_steps, "square_queries": cfg.eval_aa_queries,
+                           "implementation": "torchattacks components, run in sequence"}
+    if cfg.eval_protocol == "default" and cfg.eval_checks:
+        s["masking_checks"] = CHECK
+    return s
+
+
+def _pct(correct: torch.Tensor) -> float:
+    return 100.0 * correct.float().mean().item() if len(correct) else 0.0
+
+
+def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True) -> dict:
+    """Every attack of the protocol at every ε, the worst case and (default protocol) the masking
+    checks; accuracies in %."""
+    from tqdm import tqdm
+
+    clean = correct_under(model, data)
+    rows: dict[str, dict[str, torch.Tensor]] = {}
+    for j, (name, eps, attack) in enumerate(tqdm(jobs(cfg, data, n_classes), desc="robustness",
+                                                 disable=not progress, leave=False)):
+        rows.setdefault(name, {})[f"{eps:g}"] = correct_under(model, data, attack, seed=derive_seed(cfg.seed, j))
+    worst = {}
+    for by_eps in rows.values():
+        for e, c in by_eps.items():
+            worst[e] = worst.get(e, clean) & c
+    attacks = {name: {e: _pct(c) for e, c in by_eps.items()} for name, by_eps in rows.items()}
+    attacks["worst_case"] = {e: _pct(worst[e]) for e in sorted(worst, key=float)}
+    report = {"n": len(data.y), "per_class": data.per_class, "data": data.source, "settings": settings(cfg),
+              "clean": _pct(clean), "attacks": attacks}
+    if len(data.y) < data.source["size"]:
+        report["indices"] = data.indices.tolist()
+    if cfg.eval_protocol == "default" and cfg.eval_checks:
+        report["masking"] = masking_checks(model, data, cfg, attacks)
+    return report
+
+
+def masking_checks(model, data: EvalData, cfg, attacks: dict) -> dict:
+    """Pass/fail flags that gradient masking would trip (Athalye et al. 2018; Carlini et al. 2019)."""
+    tol = max(100.0 / max(len(data.y), 1), 0.5)  # one sample, or half a point
+    e_max = max(cfg.eval_eps)
+    key = f"{e_max:g}"
+    step = cfg.eval_step_size / 255
+    by_steps = {k: attacks[f"pgd{k}"][key] if f"pgd{k}" in attacks else
+                _pct(correct_under(model, data, PGD(e_max / 255, step, k), seed=derive_seed(cfg.seed, 101, k)))
+                for k in CHECK["steps"]}
+    large = CHECK["large_eps"] / 255
+    large_acc = _pct(correct_under(model, data, PGD(large, 2.5 * large / CHECK["large_steps"], CHECK["large_steps"]),
+                                   seed=derive_seed(cfg.seed, 102)))
+    square = _pct(correct_under(model, data, AutoAttack(e_max / 255, "square", queries=CHECK["square_queries"],
+                                                        seed=cfg.seed)))
+    white = min(v[key] for name, v in attacks.items() if name not in (*NOT_OPTIMISED, "worst_case") and key in v)
+    checks = [
+        monotone_in_eps(attacks, tol),
+        flag("monotone_in_steps", all(by_steps[a] <= by_steps[b] + tol for a, b in zip(CHECK["steps"][1:], CHECK["steps"])),
+             f"PGD accuracy at ε={key}/255 by steps: " + ", ".join(f"{k}: {v:.1f}" for k, v in by_steps.items()),
+             {"eps": e_max, "by_steps": by_steps, "tolerance": tol}),
+        flag("pgd_converged", by_steps[20] - by_steps[40] <= CHECK["converged_points"],
+             f"PGD-20 {by_steps[20]:.1f} vs PGD-40 {by_steps[40]:.1f} at ε={key}/255 (tolerance "
+             f"{CHECK['converged_points']:g} points)", {"pgd20": by_steps[20], "pgd40": by_steps[40]}),
+        flag("large_eps_breaks", large_acc <= max(CHECK["large_max_acc"], tol),
+             f"PGD-{CHECK['large_steps']} at ε={CHECK['large_eps']}/255: {large_acc:.1f}% (expected ≈ 0)",
+             {"accuracy": large_acc}),
+        flag("black_box_not_better", square >= white - tol,
+             f"Square ({CHECK['square_queries']} queries) {square:.1f}% vs best white-box {white:.1f}% at ε={key}/255",
+             {"square": square, "white_box": white, "tolerance": tol}),
+    ]
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+def flag(name: str, passed: bool, detail: str, numbers: dict) -> dict:
+    return {"name": name, "passed": bool(passed), "detail": detail, "numbers": numbers}
+
+
+NOT_OPTIMISED = ("noise", "stored_map")  # rows with no reason to fall monotonically in ε
+
+
+def monotone_in_eps(attacks: dict, tol: float) -> dict:
+    """Every optimising attack's accuracy is non-increasing in ε (within ``tol`` points)."""
+    bad = []
+    for name, by_eps in attacks.items():
+        if name in NOT_OPTIMISED:
+            continue
+        values = [by_eps[e] for e in sorted(by_eps, key=float)]
+        bad += [f"{name} rises {a:.1f} → {b:.1f}" for a, b in zip(values, values[1:]) if b > a + tol]
+    return flag("monotone_in_eps", not bad, "; ".join(bad) or "every optimising attack's accuracy falls with ε",
+                {"violations": bad, "tolerance": tol})
+
+
+def table(report: dict) -> str:
+    """Markdown: one row per attack, one column per ε (in 1/255), then the settings and flags."""
+    attacks = report["attacks"]
+    eps = sorted({float(e) for v in attacks.values() for e in v})
+    lines = ["| attack | clean | " + " | ".join(f"ε={e:g}/255" for e in eps) + " |",
+             "|---|---|" + "---|" * len(eps)]
+    for name, by_eps in attacks.items():
+        cells = [f"{by_eps[f'{e:g}']:.1f}" if f"{e:g}" in by_eps else "" for e in eps]
+        label = f"**{name}**" if name == "worst_case" else name
+        lines.append(f"| {label} | {report['clean']:.1f} | " + " | ".join(cells) + " |")
+    s = report["settings"]
+    lines.append("")
+    lines.append(f"n = {report['n']} ({report['data']['dataset']}/{report['data']['split']}"
+                 f"{', stratified sample' if 'indices' in report else ''}), seed {s['seed']}, protocol {s['protocol']}; "
+                 f"PGD steps {s['pgd']['steps']}, step {s['pgd']['step_size']:g}/255, random start"
+                 + (f"; AutoAttack {s['autoattack']['version']} ({s['autoattack']['steps']} iterations, Square "
+                    f"{s['autoattack']['square_queries']} queries)" if "autoattack" in s else "") + ".")
+    if "masking" in report:
+        m = report["masking"]
+        lines.append("")
+        lines.append("Gradient-masking checks: " + ("all passed." if m["passed"] else
+                                                    "**FAILED — robustness numbers above may be inflated.**"))
+        lines += [f"- {'✓' if c['passed'] else '✗ **FAILED**'} {c['name']}: {c['detail']}" for c in m["checks"]]
+    if report.get("other_data"):
+        lines.append("")
+        lines.append(f"**Evaluated on other data than the model was trained on** ({report['other_data']}).")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path, title: str) -> None:
+    from .plots import save, subplots
+
+    fig, ax = subplots(figsize=(6, 4))
+    for name, by_eps in report["attacks"].items():
+        xs = sorted(by_eps, key=float)
+        ax.plot([float(e) for e in xs], [by_eps[e] for e in xs], marker="o", label=name,
+                lw=2.5 if name == "worst_case" else 1.2, color="black" if name == "worst_case" else None)
+    ax.axhline(report["clean"], color="grey", ls="--", lw=0.8, label="clean")
+    ax.set_xlabel("ε (×1/255)")
+    ax.set_ylabel(f"accuracy (%), n = {report['n']}")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def write_reports(report: dict, out: Path, title: str) -> str:
+    from .files import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "robustness.json", json.dumps(report, indent=1))
+    md = table(report)
+    atomic_write_text(out / "robustness.md", f"# {title}\n\n{md}\n")
+    plot(report, out / "robustness.png", title)
+    return md

@@ -1,0 +1,160 @@
+"""A run's life outside the training loop: device, checkpoints, and the output-folder rules.
+
+Checkpoints store the model's own arguments (``model_args``, nanoGPT-style), so evaluation and
+teacher saliency rebuild the model without a training config. The output folder of a run:
+
+* new: created; an existing non-empty folder is refused unless ``--resume`` or ``--overwrite``;
+* ``--overwrite`` replaces only a folder that is recognisably a fastsat run (its ``config.json``
+  says so) and holds none of the run's inputs; the old run is moved aside when the new one starts
+  writing and deleted only once the new one has saved its first checkpoint — any failure before
+  that puts it back (a killed process's leftovers are sorted out by the next run on that folder);
+* ``--resume``: see ``train.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .files import atomic_write, pid_alive
+from .models import build_model
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+RUN_KIND = "fastsat-run"  # config.json's "kind": what makes a folder recognisably a run
+
+
+def rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name} asked for, but CUDA is not available")
+    return device
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically: a reader (or a resume after kill -9) sees the old checkpoint or the new one. A
+    failed write (full disk) leaves the old one and no temporary, and ends the run in one line."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as e:
+        raise InputError(f"could not save {path}: {str(e).splitlines()[0]} (full disk?)") from None
+
+
+def model_from_args(args: dict) -> torch.nn.Module:
+    """Rebuild Normalize ∘ timm model from a checkpoint's ``model_args``."""
+    return build_model(args["name"], args["num_classes"], args["mean"], args["std"], args.get("width", 1.0))
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint with its model rebuilt (``ckpt['model']``, eval mode), for evaluation or saliency."""
+    if not Path(path).is_file():
+        raise InputError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        if not ckpt.get("model_args"):
+            ckpt["model_args"] = _legacy_model_args(ckpt)
+        model = model_from_args(ckpt["model_args"])
+        model.load_state_dict(ckpt["model_state"])
+    except Exception as e:  # noqa: BLE001 - any unpickling / mismatch failure is a bad file
+        raise InputError(f"{path}: not a fastsat checkpoint ({type(e).__name__}: {e})") from None
+    ckpt["model"] = model.to(device).to(memory_format=torch.channels_last).eval()
+    return ckpt
+
+
+def _legacy_model_args(ckpt: dict) -> dict:
+    """Checkpoints written before ``model_args`` existed kept the model in the training config."""
+    cfg = ckpt["config"]
+    return {"name": cfg["model"], "width": cfg["width"], "num_classes": ckpt["num_classes"],
+            "mean": ckpt["mean"], "std": ckpt["std"]}
+
+
+def _is_run(folder: Path) -> bool:
+    """``config.json`` of a run (its kind, or the training config of a run from before kinds)."""
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+        return saved.get("kind") == RUN_KIND or "method" in saved.get("config", {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class RunFolder:
+    """``out`` for a new run (replacing an old one with ``overwrite``); see the module docstring."""
+    out: Path
+    overwrite: bool
+    aside: Path | None = None  # where the old run waits while the new one has no checkpoint
+
+    def check(self, inputs: list[str]) -> None:
+        """Every rule, before any work: a non-run or an input inside ``out`` is never replaced."""
+        recover(self.out)
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file, not a folder")
+        if not out.is_dir() or not any(out.iterdir()):
+            return
+        if not self.overwrite:
+            raise InputError(f"{out} holds another run (use --resume to continue it or --overwrite to replace it)")
+        if not _is_run(out):
+            raise InputError(f"--overwrite: {out} is not a fastsat run (no config.json of one); not replacing it")
+        for path in inputs:
+            if path and _inside(Path(path), out):
+                raise InputError(f"--overwrite: {out} holds {path}, an input of this run; not replacing it")
+
+    def claim(self) -> None:
+        """Start writing: the old run (if any) is moved aside, a fresh folder created."""
+        if self.out.is_dir() and any(self.out.iterdir()):
+            self.aside = self.out.with_name(f".{self.out.name}.replaced-{os.getpid()}")
+            os.replace(self.out, self.aside)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def commit(self) -> None:
+        """The new run has a checkpoint: the old one goes."""
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
+
+    def restore(self) -> None:
+        """The new run failed before its first checkpoint: put the old one back."""
+        if self.aside is not None:
+            shutil.rmtree(self.out, ignore_errors=True)
+            os.replace(self.aside, self.out)
+            self.aside = None
+
+
+def recover(out: Path) -> None:
+    """After a process was killed while the old run in ``out`` was set aside: restore that run,
+    unless the new one got as far as a checkpoint (then the old one was meant to go)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    prefix = f".{out.name}.replaced-"
+    for p in out.parent.iterdir():
+        pid = p.name[len(prefix):]
+        if p.name.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
+            if (out / CHECKPOINT).is_file():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+                os.replace(p, out)

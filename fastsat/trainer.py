@@ -1,0 +1,367 @@
+"""A training run in readable steps: set-up, one epoch, model selection, checkpoint, final report.
+
+``train(cfg)`` is what ``python -m fastsat.train`` and ``fastsat.compare`` call. Every check
+(flags, betons, output folder, batch size) runs in :func:`setup` before anything is written.
+Model selection uses a held-out, class-stratified part of the *training* beton (Rice et al.
+2020): every epoch, clean and PGD accuracy on it go to ``metrics.jsonl``; ``best.pt`` keeps the
+epoch with the highest holdout PGD accuracy, and the final report evaluates it on the test beton
+(``--select last``: the last epoch). A fall of holdout PGD accuracy by more than ``co_drop``
+points in one epoch is flagged as catastrophic overfitting (Wong et al. 2020).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .attacks import PGD
+from .beton import BetonInfo, content_id, open_beton
+from .config import TrainConfig, provenance
+from .data import make_batches
+from .errors import InputError
+from .files import atomic_write_text
+from .kernels.spec import derive_seed
+from .methods import METHODS, mix_saliency, train_step
+from .models import build_model
+from .pruning import apply_masks, magnitude_masks, measured_sparsity
+from .robustness import EvalData, correct_under, eval_data, robustness, sample_indices, write_reports
+from .runs import (BEST, CHECKPOINT, RUN_KIND, RunFolder, load_checkpoint, pick_device, rank_world, recover,
+                   save_checkpoint)
+from .subsets import holdout_split, per_class
+
+# settings that may differ on --resume without --allow-change: they do not touch the training itself
+RESUME_FREE = {"out", "resume", "overwrite", "allow_change", "device", "workers", "verify"}
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    info: BetonInfo
+    val_info: BetonInfo
+    fields: list
+    granularity: Optional[str]
+    identity: dict
+    train_idx: np.ndarray
+    holdout: EvalData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+    state: Optional[dict]  # the checkpoint resumed from
+    folder: Optional[RunFolder]  # None on resume
+    out: Path
+    masks: list = field(default_factory=list)
+    net: Optional[torch.nn.Module] = None  # DDP wrapper or the model
+    batches: object = None
+    progress: bool = True
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """The whole run; returns its summary (wall time, images/s, robustness of the selected model)."""
+    run = setup(cfg, progress)
+    try:
+        history = _history(run)
+        stats = dict(run.state.get("stats", {})) if run.state else {"train_seconds": 0.0, "images": 0}
+        best = dict(run.state.get("best", {})) if run.state else {}
+        for epoch in range(run.state["epoch"] if run.state else 0, cfg.epochs):
+            line = train_epoch(run, epoch)
+            stats["train_seconds"] += line["epoch_seconds"]
+            stats["images"] += line["images"]
+            if run.rank == 0:
+                select(run, line, history, best)
+                save(run, epoch, line, stats, best)
+                history.append(line)
+                if run.folder is not None:
+                    run.folder.commit()  # the new run has a checkpoint: a replaced old one may go
+                _log(run, line)
+    except BaseException:
+        if run.folder is not None and run.rank == 0:
+            run.folder.restore()  # no checkpoint yet: the replaced run comes back
+        raise
+    summary = final_report(run, stats, best) if run.rank == 0 else {}
+    if run.world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+def setup(cfg: TrainConfig, progress: bool = True) -> Run:
+    """Everything checked and built; nothing written yet (the output folder is claimed last)."""
+    rank, world = rank_world()
+    device = _device(cfg, world)
+    info, val_info = open_beton(cfg.train, verify=cfg.verify), open_beton(cfg.val, verify=cfg.verify)
+    if (val_info.num_classes, val_info.image_shape) != (info.num_classes, info.image_shape):
+        raise InputError(f"{cfg.val} ({val_info.num_classes} classes, {val_info.image_shape}) does not match "
+                         f"{cfg.train} ({info.num_classes} classes, {info.image_shape})")
+    fields, granularity = _saliency_fields(cfg, info)
+    identity = {"dataset": info.manifest["dataset"], "content": content_id(info.manifest)}
+    train_idx, hold_idx = holdout_split(info.labels, cfg.holdout, cfg.seed)
+    if len(train_idx) // world < cfg.batch_size:
+        raise InputError(f"--batch-size {cfg.batch_size} is larger than the {len(train_idx) // world} training samples "
+                         f"per process (after the holdout): an epoch would have no step")
+    out = Path(cfg.out)
+    folder, state = None, None
+    if rank == 0:
+        recover(out)  # a replaced run that a killed process left aside
+    if cfg.resume:
+        state = _resume_state(cfg, out, identity)
+    elif rank == 0:  # the only process that writes
+        folder = RunFolder(out, cfg.overwrite)
+        folder.check([cfg.train, cfg.val, cfg.init])
+    model, optimizer, scaler = build(cfg, info, device)
+    run = Run(cfg, device, rank, world, info, val_info, fields, granularity, identity, train_idx,
+              eval_data(info, sample_indices(info.labels, cfg.select_limit, cfg.seed, hold_idx), device),
+              model, optimizer, scaler, state, folder, out, progress=progress)
+    _load_weights(run)
+    run.masks = magnitude_masks(model, cfg.sparsity) if cfg.sparsity else []
+    run.net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    run.batches = make_batches(info, fields, batch_size=cfg.batch_size, workers=cfg.workers, device=device, train=True,
+                               seed=cfg.seed, resident=cfg.gpu_resident, distributed=world > 1, indices=train_idx)
+    if rank == 0:
+        _write_config(run, hold_idx)
+    return run
+
+
+def _device(cfg: TrainConfig, world: int) -> torch.device:
+    device = pick_device(cfg.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _saliency_fields(cfg: TrainConfig, info: BetonInfo) -> tuple[list, Optional[str]]:
+    if not METHODS.get(cfg.method).needs_saliency:
+        return [], None
+    fields = [cfg.sal_field] + (["sal2"] if cfg.sal_mix else [])
+    granularities = {info.granularity(f) for f in fields}  # raises if the beton lacks a field
+    if len(granularities) > 1:
+        raise InputError(f"{cfg.train}: sal and sal2 have different granularities; they cannot be mixed")
+    return fields, granularities.pop()
+
+
+def build(cfg: TrainConfig, info: BetonInfo, device):
+    """Model (Normalize ∘ timm ResNet, mean/std from the manifest), optimizer, AMP scaler."""
+    torch.manual_seed(cfg.seed)
+    try:
+        model = build_model(cfg.model, info.num_classes, info.manifest["mean"], info.manifest["std"], cfg.width)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    model = model.to(device).to(memory_format=torch.channels_last)
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                                    weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    return model, optimizer, scaler
+
+
+def model_args(cfg: TrainConfig, info: BetonInfo) -> dict:
+    """What rebuilds the model with no training config (stored in every checkpoint)."""
+    m = info.manifest
+    return {"name": cfg.model, "width": cfg.width, "num_classes": m["num_classes"], "mean": m["mean"], "std": m["std"],
+            "image_shape": m["image_shape"]}
+
+
+def _resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
+    """The checkpoint to continue from, checked: same data, same settings (or --allow-change)."""
+    if not (out / CHECKPOINT).is_file():
+        raise InputError(f"--resume: no {CHECKPOINT} in {out}")
+    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    if state["identity"] != identity:
+        raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
+    old = state["config"]
+    free = RESUME_FREE | {k for k in old if k.startswith("eval_")} | ({"epochs"} if cfg.schedule == "none" else set())
+    changed = {k: (old.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in free and old.get(k) != v}
+    if changed and not cfg.allow_change:
+        raise InputError("--resume: " + ", ".join(f"{k} is {new!r} but the run in {out} used {was!r}"
+                                                  for k, (was, new) in changed.items())
+                         + " (--allow-change accepts and records it)")
+    state["changed"] = changed
+    return state
+
+
+def _load_weights(run: Run) -> None:
+    cfg, state = run.cfg, run.state
+    if state is not None:
+        run.model.load_state_dict(state["model_state"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+    elif cfg.init:
+        init = load_checkpoint(Path(cfg.init), run.device)
+        try:
+            run.model.load_state_dict(init["model"].state_dict())
+        except RuntimeError:
+            a = init["model_args"]
+            raise InputError(f"--init {cfg.init}: its model ({a['name']}, width {a['width']}, {a['num_classes']} "
+                             f"classes) does not match this run's") from None
+
+
+def _write_config(run: Run, hold_idx: np.ndarray) -> None:
+    """config.json (a run's marker): the config, provenance, the holdout; on resume, the changes."""
+    path = run.out / "config.json"
+    if run.state is not None:
+        saved = json.loads(path.read_text())
+        if run.state["changed"]:
+            saved.setdefault("changes", []).append({"epoch": run.state["epoch"], "changed": {
+                k: {"was": was, "now": now} for k, (was, now) in run.state["changed"].items()}})
+            saved["config"] = dataclasses.asdict(run.cfg)
+        atomic_write_text(path, json.dumps(saved, indent=1))
+        return
+    run.folder.claim()
+    holdout = {"n": len(hold_idx), "per_class": per_class(run.info.labels, hold_idx), "indices": hold_idx.tolist(),
+               "checked_each_epoch": len(run.holdout.y)}
+    atomic_write_text(path, json.dumps({"kind": RUN_KIND, "config": dataclasses.asdict(run.cfg),
+                                        "holdout": holdout, **provenance()}, indent=1))
+    (run.out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _history(run: Run) -> list[dict]:
+    """metrics.jsonl up to the checkpoint's epoch (lines of epochs it did not save are dropped)."""
+    path = run.out / "metrics.jsonl"
+    if run.state is None or not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [m for m in lines if m["epoch"] < run.state["epoch"]]
+    if run.rank == 0:
+        atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in kept))
+    return kept
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The schedule: constant (the paper's Adam), cosine, or ×0.1 at 50% and 75% of the epochs."""
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 ** ((epoch >= cfg.epochs // 2) + (epoch >= 3 * cfg.epochs // 4)))
+    return cfg.lr
+
+
+def train_epoch(run: Run, epoch: int) -> dict:
+    """One pass over the training part; its metrics line (loss, accuracy, time, images/s)."""
+    from tqdm import tqdm
+
+    cfg, device = run.cfg, run.device
+    lr = lr_at(cfg, epoch)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, mix_gen = 0, torch.Generator(device=device)
+    t0 = time.perf_counter()
+    batches = tqdm(run.batches.epoch(epoch), total=len(run.batches), desc=f"epoch {epoch}",
+                   disable=not run.progress or run.rank != 0, leave=False)
+    for step, (x, y, sal, sal2) in enumerate(batches):
+        seed = derive_seed(cfg.seed, run.rank, epoch, step)
+        if cfg.sal_mix:
+            sal = mix_saliency(sal, sal2, mix_gen.manual_seed(seed))
+        loss, ok = train_step(cfg, run.net, run.optimizer, x, y, sal, epoch=epoch, seed=seed, scaler=run.scaler,
+                              granularity=run.granularity or "element")
+        apply_masks(run.masks)  # pruned weights stay zero
+        loss_sum += loss * len(y)
+        correct += ok
+        seen += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    line = {"epoch": epoch, "lr": lr, "loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
+            "epoch_seconds": seconds, "images": seen * run.world, "images_per_s": seen * run.world / seconds,
+            "p_random": cfg.sat_alpha ** epoch}
+    if run.masks:
+        line["sparsity"] = measured_sparsity(run.model)
+    if run.world > 1:
+        line["ranks_agree"] = _ranks_agree(run.model)
+    return line
+
+
+def select(run: Run, line: dict, history: list, best: dict) -> None:
+    """Holdout clean and PGD accuracy into ``line``; ``best`` updated; catastrophic overfitting flagged."""
+    cfg = run.cfg
+    pgd = PGD(cfg.eps, cfg.eps / 4, cfg.select_steps)
+    line["holdout_clean"] = 100.0 * correct_under(run.model, run.holdout).float().mean().item()
+    line["holdout_pgd"] = 100.0 * correct_under(run.model, run.holdout, pgd, seed=cfg.seed).float().mean().item()
+    previous = history[-1]["holdout_pgd"] if history else None
+    if collapsed(previous, line["holdout_pgd"], cfg.co_drop):
+        line["catastrophic_overfitting"] = True
+        print(f"warning: epoch {line['epoch']}: holdout PGD accuracy fell from {previous:.1f}% to "
+              f"{line['holdout_pgd']:.1f}% — catastrophic overfitting (Wong et al. 2020); best.pt keeps "
+              f"epoch {best.get('epoch')}", file=sys.stderr)
+    line["best"] = not best or line["holdout_pgd"] > best["holdout_pgd"]
+    if line["best"]:
+        best.update(epoch=line["epoch"], holdout_pgd=line["holdout_pgd"])
+
+
+def collapsed(previous: Optional[float], now: float, drop: float) -> bool:
+    """The catastrophic-overfitting signature: holdout PGD accuracy falls by more than ``drop``
+    points from one epoch to the next (Wong et al. 2020 watch a training batch the same way)."""
+    return previous is not None and previous - now > drop
+
+
+def save(run: Run, epoch: int, line: dict, stats: dict, best: dict) -> None:
+    """metrics.jsonl first, then the checkpoint (a kill between them: the resume drops the line)."""
+    with open(run.out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    state = {"config": dataclasses.asdict(run.cfg), "model_args": model_args(run.cfg, run.info),
+             "identity": run.identity, "epoch": epoch + 1, "model_state": run.model.state_dict(),
+             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
+             "rng": torch.get_rng_state(), "stats": stats, "best": best, **provenance()}
+    if line["best"]:
+        save_checkpoint(run.out / BEST, {k: state[k] for k in ("config", "model_args", "identity", "epoch",
+                                                              "model_state", "best")})
+    save_checkpoint(run.out / CHECKPOINT, state)
+
+
+def _log(run: Run, line: dict) -> None:
+    if run.progress:
+        print(f"epoch {line['epoch']}: loss {line['loss']:.4f}, train {line['train_acc']:.1f}%, holdout clean "
+              f"{line['holdout_clean']:.1f}% / PGD {line['holdout_pgd']:.1f}%{' (best)' if line['best'] else ''}, "
+              f"{line['epoch_seconds']:.1f} s, {line['images_per_s']:.0f} img/s", file=sys.stderr)
+
+
+def final_report(run: Run, stats: dict, best: dict) -> dict:
+    """The selected checkpoint (best or last) evaluated on the test beton; summary.json."""
+    cfg = run.cfg
+    which = BEST if cfg.select == "best" and (run.out / BEST).is_file() else CHECKPOINT
+    model = load_checkpoint(run.out / which, run.device)["model"]
+    data = eval_data(run.val_info, sample_indices(run.val_info.labels, cfg.eval_limit, cfg.seed), run.device)
+    report = robustness(model, data, cfg, run.info.num_classes, progress=run.progress)
+    report["selected"] = {"checkpoint": which, "epoch": torch.load(run.out / which, map_location="cpu",
+                                                                  weights_only=False)["epoch"] - 1,
+                          "by": "holdout PGD accuracy" if which == BEST else "last epoch"}
+    title = f"{cfg.method}, {cfg.model} (width {cfg.width}), {run.info.manifest['dataset']}"
+    table = write_reports(report, run.out, title)
+    summary = {"method": cfg.method, "seed": cfg.seed, "train_seconds": stats["train_seconds"],
+               "images_per_s": stats["images"] / stats["train_seconds"], "selected": report["selected"],
+               "sparsity": measured_sparsity(run.model), "robustness": report}
+    atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
+    return {**summary, "table": table}
+
+
+def _ranks_agree(model) -> bool:
+    """All ranks hold the same weights (DDP keeps them in step; this checks it, every epoch)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    total = torch.stack([flat.sum(), (flat * torch.arange(len(flat), device=flat.device) % 9973).sum()])
+    gathered = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, total)
+    return all(torch.equal(g, gathered[0]) for g in gathered)

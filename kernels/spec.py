@@ -1,0 +1,17 @@
+"""The constants of Eq. 9 / Algorithm 1 and the one seed derivation; imports nothing heavy.
+
+Flag parsing reads these without loading torch's kernels or Triton.
+"""
+from __future__ import annotations
+
+import hashlib
+
+ALPHA = 0.6 ** (1 / 10)  # Eq. 9 decay: P(random) = α^t, 0.6 after 10 epochs
+EPS0 = 8 / 255  # Algorithm 1 step ε₀, pixel space [0, 1]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (run seed, rank, epoch, step, ...): blake2b of their decimal
+    forms, so nearby inputs give unrelated seeds. Every per-step draw of the project uses it."""
+    digest = hashlib.blake2b("/".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1

@@ -1,0 +1,335 @@
+"""Nothing lost, nothing hung, nothing orphaned: kills, full disks, Ctrl-C, --overwrite and bad flags.
+
+Processes started here are killed and reaped by the tests themselves; ``survivors`` checks that
+no process of a killed command (its FFCV writers included) outlives it.
+"""
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastsat import write_beton as write_beton_cli
+from fastsat.beton import open_beton
+from fastsat.evaluate import main as evaluate_main
+from fastsat.train import main as train_main
+from fastsat.write_beton import main as write_main
+from tests import layouts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def survivors(marker: str) -> list[int]:
+    """Live processes whose command line mentions ``marker`` (zombies excluded)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker in cmd and state != "Z":
+                found.append(int(d.name))
+    return found
+
+
+def wait_gone(marker: str, seconds: float = 10.0) -> list[int]:
+    deadline = time.time() + seconds
+    while (left := survivors(marker)) and time.time() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def start(args: list[str], limit_bytes: int | None = None) -> subprocess.Popen:
+    """A fastsat command in its own process; with ``limit_bytes``, files it writes are capped there
+    (RLIMIT_FSIZE, SIGXFSZ ignored: a write past the cap fails as on a full disk)."""
+    def cap():
+        if limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, preexec_fn=cap, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def big_cifar(tmp_path_factory):
+    """A CIFAR layout large enough that writing it takes a few seconds (time to kill the writer)."""
+    root = tmp_path_factory.mktemp("bigcifar")
+    layouts.cifar(root, "cifar10", per_batch=3000)
+    return root
+
+
+# ---- write_beton -----------------------------------------------------------------------------
+
+def test_killed_write_leaves_nothing_and_no_process(big_cifar, tmp_path):
+    out = tmp_path / "big.beton"
+    proc = start(["fastsat.write_beton", "--dataset", "cifar10", "--root", str(big_cifar), "--out", str(out),
+                  "--workers", "2"])
+    try:
+        deadline = time.time() + 120
+        while not any(p.name.startswith(".big.beton.tmp") for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.time() < deadline, "writer ended before it could be killed"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the FFCV writer processes are running now
+        proc.kill()
+        proc.wait()
+        assert not wait_gone(str(out)), "FFCV writer processes outlived their killed parent"
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not out.exists() and not (tmp_path / "big.beton.json").exists()
+    # the next write to the same path removes the dead process's temporary file
+    small = tmp_path / "small"
+    layouts.cifar(small, "cifar10", per_batch=4)
+    assert write_main(["--dataset", "cifar10", "--root", str(small), "--out", str(out), "--workers", "2"]) == 0
+    assert hidden(tmp_path) == []
+
+
+def test_full_disk_during_a_write_ends_promptly(big_cifar, tmp_path):
+    out = tmp_path / "x.beton"
+    (tmp_path / "x.beton").write_bytes(b"old")  # an existing output, replaced only by a good write
+    proc = start(["fastsat.write_beton", "--dataset", "cifar10", "--root", str(big_cifar), "--out", str(out),
+                  "--workers", "2", "--overwrite"], limit_bytes=8 << 20)
+    try:
+        _, err = proc.communicate(timeout=120)  # before the fix: hung forever
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err[-2000:]
+    assert err.count("error:") == 1 and "full disk" in err  # (after FFCV's progress bar, on its line)
+    assert out.read_bytes() == b"old" and hidden(tmp_path) == []
+    assert not wait_gone(str(out))
+
+
+def test_ctrl_c_during_a_write(big_cifar, tmp_path):
+    out = tmp_path / "c.beton"
+    proc = start(["fastsat.write_beton", "--dataset", "cifar10", "--root", str(big_cifar), "--out", str(out),
+                  "--workers", "2"])
+    try:
+        deadline = time.time() + 120
+        while not any(p.name.startswith(".c.beton.tmp") for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and not out.exists() and hidden(tmp_path) == []
+    assert not wait_gone(str(out))
+
+
+def test_same_data_same_content_hash(tmp_path):
+    for name in ("a", "b"):
+        assert write_main(["--dataset", "digits", "--split", "test", "--out", str(tmp_path / f"{name}.beton"),
+                           "--workers", "2"]) == 0
+    a, b = (json.loads((tmp_path / f"{n}.beton.json").read_text())["content_blake2b"] for n in "ab")
+    assert a == b
+
+
+def test_teacher_saliency_waits_for_the_output_checks(tmp_path, monkeypatch, capsys):
+    def boom(*a, **k):
+        raise AssertionError("saliency computed before the output path was checked")
+    monkeypatch.setattr(write_beton_cli, "compute", boom)
+    rc = write_main(["--dataset", "digits", "--out", str(tmp_path / "missing" / "x.beton"), "--saliency", "smoothgrad",
+                     "--teacher", str(tmp_path / "t.pt")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_labels_outside_the_classes_are_refused_at_open(tmp_path):
+    out = tmp_path / "d.beton"
+    assert write_main(["--dataset", "digits", "--split", "test", "--out", str(out), "--workers", "2"]) == 0
+    manifest = json.loads(out.with_name("d.beton.json").read_text())
+    manifest["num_classes"], manifest["class_names"] = 5, manifest["class_names"][:5]
+    out.with_name("d.beton.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"label \d+, outside the 5 classes"):
+        open_beton(out)
+
+
+# ---- training --------------------------------------------------------------------------------
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, tiny_flags, capsys):
+    x = tmp_path / "x"
+    x.mkdir()
+    (x / "results.csv").write_text("1\n")
+    assert train_main([*tiny_flags, "--epochs", "1", "--out", str(x), "--overwrite"]) == 2
+    assert "not a fastsat run" in capsys.readouterr().err
+    assert (x / "results.csv").read_text() == "1\n"
+
+
+def test_overwrite_never_removes_the_runs_inputs(tmp_path, tiny_flags, digits, capsys):
+    run = tmp_path / "run"
+    assert train_main([*tiny_flags, "--method", "standard", "--epochs", "1", "--out", str(run), "--eval-aa", "none"]) == 0
+    inside = run / "train.beton"
+    for suffix in ("", ".json"):
+        Path(str(inside) + suffix).write_bytes(Path(str(digits["train"]) + suffix).read_bytes())
+    assert train_main([*tiny_flags, "--train", str(inside), "--epochs", "1", "--out", str(run), "--overwrite"]) == 2
+    assert "an input of this run" in capsys.readouterr().err
+    assert inside.exists()
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path, tiny_flags, capsys):
+    run = tmp_path / "run"
+    assert train_main([*tiny_flags, "--method", "standard", "--epochs", "1", "--out", str(run), "--eval-aa", "none"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert train_main([*tiny_flags, "--epochs", "1", "--out", str(run), "--overwrite", "--lr", "-1"]) == 2
+    assert "--lr must be > 0" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # a new run that dies (full disk) at its first checkpoint: the old run comes back whole
+    proc = start(["fastsat.train", *tiny_flags, "--epochs", "1", "--out", str(run), "--overwrite"],
+                 limit_bytes=200_000)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "could not save" in err.strip().splitlines()[-1], err[-2000:]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert hidden(tmp_path) == [] and hidden(run) == []
+
+
+def test_killed_new_run_gives_the_old_one_back(tmp_path, tiny_flags):
+    run = tmp_path / "run"
+    assert train_main([*tiny_flags, "--method", "standard", "--epochs", "1", "--out", str(run), "--eval-aa", "none"]) == 0
+    before = (run / "metrics.jsonl").read_text()
+    proc = start(["fastsat.train", *tiny_flags, "--epochs", "3", "--out", str(run), "--overwrite", "--method", "noise"])
+    try:
+        deadline = time.time() + 120
+        while not any(p.name.startswith(".run.replaced-") for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.communicate()
+    if (run / "checkpoint.pt").is_file() and torch.load(run / "checkpoint.pt", weights_only=False)["config"]["method"] == "noise":
+        pytest.skip("the new run reached its first checkpoint before the kill")
+    # the next command on that folder restores the old run, then resumes it
+    assert train_main([*tiny_flags, "--method", "standard", "--epochs", "2", "--out", str(run), "--resume",
+                       "--eval-aa", "none"]) == 0
+    assert (run / "metrics.jsonl").read_text().startswith(before) and len(metrics(run)) == 2
+    assert hidden(tmp_path) == []
+
+
+def test_kill_during_training_then_exact_resume(tmp_path, tiny_flags):
+    flags = [*tiny_flags, "--method", "sat", "--epochs", "3", "--eval-aa", "none", "--eval-eps", "2"]
+    straight, killed = tmp_path / "a", tmp_path / "b"
+    assert train_main([*flags, "--out", str(straight)]) == 0
+    proc = start(["fastsat.train", *flags, "--out", str(killed)])
+    try:
+        deadline = time.time() + 300
+        while not (killed / "checkpoint.pt").is_file():
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.communicate()
+    with open(killed / "metrics.jsonl", "a") as f:  # a line whose checkpoint never landed
+        f.write(json.dumps({**metrics(killed)[-1], "epoch": torch.load(killed / "checkpoint.pt",
+                                                                      weights_only=False)["epoch"]}) + "\n")
+    assert train_main([*flags, "--out", str(killed), "--resume"]) == 0
+    keys = ("epoch", "loss", "train_acc", "holdout_pgd")
+    assert [{k: m[k] for k in keys} for m in metrics(straight)] == [{k: m[k] for k in keys} for m in metrics(killed)]
+    summary = json.loads((killed / "summary.json").read_text())
+    lines = metrics(killed)
+    assert summary["images_per_s"] == pytest.approx(sum(m["images"] for m in lines) /
+                                                    sum(m["epoch_seconds"] for m in lines))
+    assert summary["train_seconds"] == pytest.approx(sum(m["epoch_seconds"] for m in lines))
+    assert hidden(killed) == []
+
+
+def test_resume_refuses_changed_settings_unless_allowed(tmp_path, tiny_flags, capsys):
+    run = tmp_path / "run"
+    flags = [*tiny_flags, "--method", "standard", "--eval-aa", "none", "--out", str(run)]
+    assert train_main([*flags, "--epochs", "1"]) == 0
+    assert train_main([*flags, "--epochs", "2", "--resume", "--lr", "0.01", "--eps", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "lr is 0.01" in err and "eps is 0.01" in err and "--allow-change" in err
+    assert train_main([*flags, "--epochs", "2", "--resume", "--lr", "0.01", "--allow-change"]) == 0
+    change = json.loads((run / "config.json").read_text())["changes"][0]
+    assert change["epoch"] == 1 and change["changed"]["lr"] == {"was": 1e-3, "now": 0.01}
+
+
+def test_batch_larger_than_the_training_set(tmp_path, tiny_flags, capsys):
+    assert train_main([*tiny_flags, "--epochs", "1", "--batch-size", "5000", "--out", str(tmp_path / "r")]) == 2
+    assert "an epoch would have no step" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_other_data_unless_allowed(tmp_path, trained, capsys):
+    layouts.cifar(tmp_path, "cifar10", per_batch=8)
+    c10 = tmp_path / "c10.beton"
+    assert write_main(["--dataset", "cifar10", "--root", str(tmp_path), "--split", "test", "--out", str(c10)]) == 0
+    ckpt = str(trained[3] / "checkpoint.pt")
+    assert evaluate_main(["--checkpoint", ckpt, "--val", str(c10), "--out", str(tmp_path / "e")]) == 2
+    assert "dataset cifar10, trained on digits" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", ckpt, "--val", str(c10), "--out", str(tmp_path / "e"), "--allow-other-data",
+                          "--eval-aa", "none", "--eval-eps", "2"]) == 0
+    assert "other data" in (tmp_path / "e" / "robustness.md").read_text()
+
+
+def test_stale_checkpoint_temporaries_are_removed(tmp_path, tiny_flags):
+    run = tmp_path / "run"
+    flags = [*tiny_flags, "--method", "standard", "--eval-aa", "none", "--out", str(run)]
+    assert train_main([*flags, "--epochs", "1"]) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = run / f".checkpoint.pt.tmp-{dead.stdout.strip()}"
+    stale.write_bytes(b"half a checkpoint")
+    assert train_main([*flags, "--epochs", "2", "--resume"]) == 0
+    assert not stale.exists()
+
+
+# ---- flags -----------------------------------------------------------------------------------
+
+TRAIN_BAD = [["--lr", "-1"], ["--pad", "-3"], ["--width", "-1"], ["--width", "0"], ["--eval-eps", "abc"],
+             ["--out", "__file__"], ["--holdout", "0"], ["--holdout", "99999"], ["--epochs", "0"]]
+
+
+@pytest.mark.parametrize("flags", TRAIN_BAD, ids=lambda f: " ".join(f))
+def test_train_flags_fail_in_one_line(tmp_path, tiny_flags, capsys, flags):
+    flags = [str(tmp_path / "file.txt") if f == "__file__" else f for f in flags]
+    (tmp_path / "file.txt").write_text("x")
+    out = [] if "--out" in flags else ["--out", str(tmp_path / "r")]
+    assert train_main([*tiny_flags, "--epochs", "1", *out, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("text", ["epochs = 1.5", 'epochs = "two"', "lr = -1"])
+def test_config_file_types_fail_in_one_line(tmp_path, tiny_flags, capsys, text):
+    (tmp_path / "c.toml").write_text(text + "\n")
+    assert train_main([*tiny_flags, "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("--epochs" in err[0] or "--lr" in err[0]), err
+
+
+WRITE_BAD = [["--sal-param", "steps=abc"], ["--sal-param", "steps=0"], ["--sal-param", "threshold=7"],
+             ["--sal-param", "samples=0"], ["--side", "0"], ["--root", "__file__"], ["--out", "__dir__"],
+             ["--saliency", "mask", "--sal-param", "steps=3"]]
+
+
+@pytest.mark.parametrize("flags", WRITE_BAD, ids=lambda f: " ".join(f))
+def test_write_flags_fail_in_one_line(tmp_path, trained, capsys, flags):
+    (tmp_path / "file.txt").write_text("x")
+    flags = [str(tmp_path / "file.txt") if f == "__file__" else str(tmp_path) if f == "__dir__" else f for f in flags]
+    teacher = ["--teacher", str(trained[3] / "checkpoint.pt")]
+    saliency = [] if "--saliency" in flags else ["--saliency", {"steps": "ig", "threshold": "gradcam_pp_box",
+                                                                "samples": "smoothgrad"}.get(
+        next((f.split("=")[0] for f in flags if "=" in f), ""), "ig")]
+    dataset = ["--dataset", "folder"] if "--root" in flags else ["--dataset", "digits"]
+    out = [] if "--out" in flags else ["--out", str(tmp_path / "x.beton")]
+    assert write_main([*dataset, *out, *saliency, *teacher, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert not (tmp_path / "x.beton").exists()

@@ -1,0 +1,101 @@
+"""fastsat's own beton reader against ffcv's Loader, byte for byte, and its refusals."""
+import json
+
+import numpy as np
+import pytest
+
+from fastsat.beton import SaliencyMap, write_beton
+from fastsat.reader import BetonReader, ReaderError
+from fastsat.write_beton import main as write_main
+from fastsat.writers import Source
+from tests import layouts
+from tests.ffcv_read import read_all
+
+
+class Arrays:
+    """Samples from arrays (images, labels, masks); ``keep_unmasked`` writes a has_sal field."""
+
+    def __init__(self, n, side, rng, flagged=False):
+        self.images = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+        self.labels = rng.integers(0, 5, n)
+        self.masks = rng.random((n, side, side)) < 0.5
+        self.keep_unmasked = flagged
+        self.source = Source("arrays", "train", [str(i) for i in range(5)], (side, side, 3), "mask")
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i]), self.masks[i], int(i % 3 != 0)
+
+
+def betons(tmp_path):
+    rng = np.random.default_rng(0)
+    one = Arrays(300, 8, rng)
+    write_beton(one, one.source, tmp_path / "one.beton", maps={"sal": SaliencyMap("pixel", {"method": "mask"})})
+    two = Arrays(257, 16, rng, flagged=True)
+    packed = rng.integers(0, 256, (257, 16 * 16 * 3 // 8), dtype=np.uint8)
+    write_beton(two, two.source, tmp_path / "two.beton",
+                maps={"sal": SaliencyMap("element", {"method": "x"}, packed),
+                      "sal2": SaliencyMap("element", {"method": "y"}, packed[::-1].copy())})
+    layouts.cifar(tmp_path, "cifar10", per_batch=7)
+    assert write_main(["--dataset", "cifar10", "--root", str(tmp_path), "--split", "train", "--out",
+                       str(tmp_path / "plain.beton")]) == 0
+    return ["one.beton", "two.beton", "plain.beton"]
+
+
+def test_reader_equals_ffcv_loader(tmp_path):
+    for name in betons(tmp_path):
+        path = tmp_path / name
+        expected = read_all(path)
+        reader = BetonReader(path)
+        assert reader.names == list(expected)
+        for field, values in expected.items():
+            got = reader.read(field)
+            assert np.array_equal(got.reshape(values.shape), values), (name, field)
+        idx = np.array([5, 0, 3, 3])
+        assert np.array_equal(reader.read("image", idx), expected["image"][idx])
+
+
+def test_content_hash_ignores_page_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    samples = Arrays(400, 8, rng)
+    hashes = set()
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.beton"
+        write_beton(samples, samples.source, out, maps={"sal": SaliencyMap("pixel", {"method": "mask"})},
+                    workers=workers)
+        hashes.add(json.loads(out.with_name(out.name + ".json").read_text())["content_blake2b"])
+    assert len(hashes) == 1
+
+
+def test_reader_refuses_what_it_does_not_know(tmp_path):
+    from ffcv.fields import FloatField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    class Jpegs:
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return (np.full((8, 8, 3), 9 * i, np.uint8),)
+
+    path = tmp_path / "jpeg.beton"
+    DatasetWriter(str(path), {"image": RGBImageField(write_mode="jpg")}, num_workers=1).from_indexed_dataset(Jpegs())
+    with pytest.raises(ReaderError, match="JPEG"):
+        BetonReader(path)
+
+    class Floats:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return (float(i),)
+
+    path = tmp_path / "float.beton"
+    DatasetWriter(str(path), {"value": FloatField()}, num_workers=1).from_indexed_dataset(Floats())
+    with pytest.raises(ReaderError, match="does not read"):
+        BetonReader(path)
+    (tmp_path / "junk.beton").write_bytes(b"\x02\x00" + bytes(10))
+    with pytest.raises(ReaderError):
+        BetonReader(tmp_path / "junk.beton")
