@@ -1,7 +1,8 @@
 """Betons with bit-packed saliency: atomic writing, the JSON manifest beside them, validated opening.
 
 Fields (stock FFCV, so a stock ``ffcv.loader.Loader`` reads them by name): ``image``
-(RGBImageField, raw: exact pixels), ``label`` (IntField), ``sal`` / ``sal2`` (NDArrayField uint8
+(RGBImageField, raw: exact pixels; images of other channel counts, e.g. grayscale (H, W, 1), an
+NDArrayField uint8 (H, W, C): RGBImageField holds three channels only), ``label`` (IntField), ``sal`` / ``sal2`` (NDArrayField uint8
 (nbytes,), layout in ``kernels/bits.py``) and, only where some samples lack a map, ``has_sal``
 (IntField 0/1). ``X.beton.json`` records what a reader needs and what the file must be.
 """
@@ -240,7 +241,9 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
     with_flag = getattr(samples, "keep_unmasked", False)
     mean, std = _stats(samples, n)  # reads a few samples here: bad input fails before any write
 
-    fields = {"image": RGBImageField(write_mode="raw"), "label": IntField()}
+    rgb = source.image_shape[2] == 3
+    image = RGBImageField(write_mode="raw") if rgb else NDArrayField(dtype=np.dtype("uint8"), shape=source.image_shape)
+    fields = {"image": image, "label": IntField()}
     for name, m in maps.items():
         fields[name] = NDArrayField(dtype=np.dtype("uint8"), shape=(bitlayout.num_bytes(source.image_shape, m.granularity),))
     if with_flag:
@@ -262,7 +265,7 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "dataset": source.dataset, "split": source.split,
             "class_names": list(source.class_names), "num_classes": len(source.class_names),
-            "image_shape": list(source.image_shape), "image_write_mode": "raw",
+            "image_shape": list(source.image_shape), "image_write_mode": "raw" if rgb else "array",
             "num_samples": n, "fields": list(fields),
             "saliency": {name: {"granularity": m.granularity,
                                 "nbytes": bitlayout.num_bytes(source.image_shape, m.granularity),
@@ -326,14 +329,19 @@ def _check_header(path: Path, manifest: dict, name_for_errors: Path) -> BetonRea
         raise BetonError(f"{where}: {reader.num_samples} samples but the manifest says {manifest['num_samples']}")
     if reader.names != manifest["fields"]:
         raise BetonError(f"{where}: fields {reader.names} but the manifest says {manifest['fields']}")
-    expected = {"image": RGB, "label": INT, "has_sal": INT}
+    rgb = manifest["image_shape"][2] == 3
+    expected = {"image": RGB if rgb else NDARRAY, "label": INT, "has_sal": INT}
     for name, kind in reader.kinds.items():
         if kind != expected.get(name, NDARRAY):
             raise BetonError(f"{where}: field {name} has kind {kind}, expected {expected.get(name, NDARRAY)}")
-    h, w, _ = manifest["image_shape"]
-    heights, widths = reader.image_hw()
-    if len(heights) and not ((heights == h) & (widths == w)).all():
-        raise BetonError(f"{where}: images are not all {h}x{w} as the manifest says")
+    h, w, c = manifest["image_shape"]
+    if rgb:
+        heights, widths = reader.image_hw()
+        wrong = len(heights) and not ((heights == h) & (widths == w)).all()
+    else:
+        wrong = reader.shapes["image"] != (h, w, c)
+    if wrong:
+        raise BetonError(f"{where}: images are not all {h}x{w}x{c} as the manifest says")
     for name, sal in manifest["saliency"].items():
         nbytes = bitlayout.num_bytes(tuple(manifest["image_shape"]), sal["granularity"])
         if reader.shapes.get(name) != (nbytes,):

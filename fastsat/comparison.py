@@ -77,13 +77,13 @@ def frontier(by_method: dict[str, list[dict]], path: Path, eps: str, title: str)
     from .plots import save, subplots
 
     fig, ax = subplots(figsize=(6, 4))
-    for method, summaries in by_method.items():
+    for label, summaries in by_method.items():
         row = headline(summaries[0]["robustness"])
         t, dt = mean_ci([s["train_seconds"] for s in summaries])
         acc, dacc = mean_ci([s["robustness"]["attacks"][row][eps] for s in summaries])
-        color = "#dd8452" if METHODS.get(method).needs_saliency else "#4c72b0"
+        color = "#dd8452" if METHODS.get(summaries[0]["method"]).needs_saliency else "#4c72b0"
         ax.errorbar(t, acc, xerr=dt or None, yerr=dacc or None, fmt="o", color=color, capsize=3)
-        ax.annotate(method, (t, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(label, (t, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
     row = headline(next(iter(by_method.values()))[0]["robustness"])
     ax.set_xlabel("training time (s)")
     ax.set_ylabel(f"{row.replace('_', ' ')} accuracy at ε={eps}/255 (%)")

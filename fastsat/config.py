@@ -88,8 +88,9 @@ class TrainConfig:
     seed: int = opt(0, "model init, loader order, holdout split, every random draw", rule=at_least(0))
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     # model selection (on the holdout, every epoch)
-    select: str = opt("best", "checkpoint evaluated at the end: best (highest holdout PGD accuracy) or last",
-                      choices=lambda: ["best", "last"])
+    select: str = opt("auto", "checkpoint evaluated at the end: the epoch with the best holdout accuracy under PGD "
+                              "(robust) or clean (clean), the method's own choice of the two (auto), or the last",
+                      choices=lambda: ["auto", "robust", "clean", "last"])
     select_limit: int = opt(512, "holdout samples checked each epoch (stratified; 0: all)", rule=at_least(0))
     select_steps: int = opt(10, "PGD steps of the per-epoch holdout check (at ε = eps, step eps/4)", rule=at_least(1))
     co_drop: float = opt(20.0, "catastrophic-overfitting guard: holdout PGD accuracy falling by more than this "

@@ -56,7 +56,8 @@ def _loader(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int
     NDArrayDecoder, SimpleRGBImageDecoder = decoders.NDArrayDecoder, decoders.SimpleRGBImageDecoder
     _quiet_numba_finalizer()
     to = [ToTensor(), ToDevice(device, non_blocking=True)]
-    pipelines = {"image": [SimpleRGBImageDecoder(), *to], "label": [IntDecoder(), *to, Squeeze(1)]}
+    image = SimpleRGBImageDecoder() if info.image_shape[2] == 3 else NDArrayDecoder()  # see beton.py
+    pipelines = {"image": [image, *to], "label": [IntDecoder(), *to, Squeeze(1)]}
     for name in fields:
         pipelines[name] = [IntDecoder() if name == "has_sal" else NDArrayDecoder(), *to]
     for name in info.manifest["fields"]:

@@ -35,14 +35,16 @@ class Method:
     description: str
     needs_saliency: bool = False  # reads the beton's saliency field(s)
     single_step: bool = False  # one-step attack: watch for catastrophic overfitting (Wong et al. 2020)
+    selection: str = "robust"  # holdout accuracy that picks its best epoch: robust (PGD) or clean
 
 
 METHODS: Registry[Method] = Registry("training method")
 
 
-def register_method(name: str, *, description: str, needs_saliency: bool = False, single_step: bool = False):
+def register_method(name: str, *, description: str, needs_saliency: bool = False, single_step: bool = False,
+                    selection: str = "robust"):
     def add(fn):
-        METHODS.add(name, Method(name, fn, description, needs_saliency, single_step))
+        METHODS.add(name, Method(name, fn, description, needs_saliency, single_step, selection))
         return fn
     return add
 
@@ -97,12 +99,13 @@ def _ce(model, x, y):
     return F.cross_entropy(logits, y), logits
 
 
-@register_method("standard", description="clean images (the cost baseline)")
+@register_method("standard", description="clean images (the cost baseline)", selection="clean")
 def standard(cfg, model, b: Batch):
     return _ce(model, b.clean(cfg), b.y)
 
 
-@register_method("noise", description="x + U(−eps, eps) per element, clipped (same cost as standard)")
+@register_method("noise", description="x + U(−eps, eps) per element, clipped (same cost as standard)",
+                 selection="clean")
 def noise(cfg, model, b: Batch):
     return _ce(model, UniformNoise(cfg.eps)(model, b.clean(cfg), b.y, generator=b.gen), b.y)
 

@@ -60,14 +60,16 @@ class Normalize(nn.Module):
 
 
 def build_model(name: str, num_classes: int, mean, std, width: float = 1.0) -> nn.Sequential:
-    """Normalize ∘ timm model. ``width`` scales the channels of the fastsat CIFAR ResNets."""
+    """Normalize ∘ timm model; its input channels are ``len(mean)`` (1 for grayscale). ``width``
+    scales the channels of the fastsat CIFAR ResNets."""
     if name.startswith("resnet") and f"fastsat_{name}_cifar" in CIFAR_MODELS:
         name = f"fastsat_{name}_cifar"
     if not timm.is_model(name):
         raise ValueError(f"unknown model {name!r} (resnet10/18/34 or a timm model name)")
     if name not in CIFAR_MODELS and width != 1.0:
         raise ValueError(f"width applies to {CIFAR_MODELS} only, not {name}")
-    net = timm.create_model(name, num_classes=num_classes, **({"width": width} if name in CIFAR_MODELS else {}))
+    net = timm.create_model(name, num_classes=num_classes, in_chans=len(mean),
+                            **({"width": width} if name in CIFAR_MODELS else {}))
     return nn.Sequential(Normalize(mean, std), net)
 
 

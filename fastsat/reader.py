@@ -91,13 +91,10 @@ class BetonReader:
             if self.kinds[name] == RGB and len(ptr) and not (self.metadata[name]["mode"] == RAW).all():
                 raise ReaderError(f"{self.path}: JPEG images; this reader reads raw images only")
 
-    def image_hw(self) -> tuple[np.ndarray, np.ndarray]:
-        m = self.metadata[self.image_field]
+    def image_hw(self, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample heights and widths of an RGB image field."""
+        m = self.metadata[name]
         return np.asarray(m["height"]), np.asarray(m["width"])
-
-    @property
-    def image_field(self) -> str:
-        return next(n for n in self.names if self.kinds[n] == RGB)
 
     def nbytes(self, name: str) -> int | None:
         """Bytes per sample of a field stored in the data pages (None: stored in the metadata)."""
@@ -106,7 +103,7 @@ class BetonReader:
         if self.kinds[name] == RGB:
             if not self.num_samples:
                 return 0
-            h, w = self.image_hw()
+            h, w = self.image_hw(name)
             if (h != h[0]).any() or (w != w[0]).any():
                 raise ReaderError(f"{self.path}: images of several sizes; this reader needs one size")
             return int(h[0]) * int(w[0]) * 3
@@ -133,7 +130,7 @@ class BetonReader:
         for start in range(0, len(indices), step):
             out[start:start + step] = self.mm[ptrs[start:start + step, None] + offsets]
         if self.kinds[name] == RGB:
-            h, w = self.image_hw()
+            h, w = self.image_hw(name)
             return out.reshape(len(indices), int(h[0]) if len(h) else 0, int(w[0]) if len(w) else 0, 3)
         return out.reshape(len(indices), *self.shapes[name])
 

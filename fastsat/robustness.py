@@ -112,8 +112,10 @@ def settings(cfg) -> dict:
     if cfg.eval_protocol == "paper":
         s["trades"] = {"steps": 5, "step_size": cfg.eval_step_size}
     elif cfg.eval_aa != "none":
-        s["autoattack"] = {"version": cfg.eval_aa, "steps": cfg.eval_aa_steps, "square_queries": cfg.eval_aa_queries,
-                           "implementation": "torchattacks components, run in sequence"}
+        attacks = AutoAttack(version=cfg.eval_aa).components()
+        s["autoattack"] = {"version": cfg.eval_aa, "attacks": list(attacks), "steps": cfg.eval_aa_steps,
+                           "implementation": "torchattacks components, run in sequence",
+                           **({"square_queries": cfg.eval_aa_queries} if "square" in attacks else {})}
     if cfg.eval_protocol == "default" and cfg.eval_checks:
         s["masking_checks"] = CHECK
     return s
@@ -133,10 +135,11 @@ def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True
     for j, (name, eps, attack) in enumerate(tqdm(jobs(cfg, data, n_classes), desc="robustness",
                                                  disable=not progress, leave=False)):
         rows.setdefault(name, {})[f"{eps:g}"] = correct_under(model, data, attack, seed=derive_seed(cfg.seed, j))
-    worst = {}
+    worst = {f"{e:g}": clean for e in cfg.eval_eps}  # at the attacks' ε (noise alone elsewhere says little)
     for by_eps in rows.values():
         for e, c in by_eps.items():
-            worst[e] = worst.get(e, clean) & c
+            if e in worst:
+                worst[e] = worst[e] & c
     attacks = {name: {e: _pct(c) for e, c in by_eps.items()} for name, by_eps in rows.items()}
     attacks["worst_case"] = {e: _pct(worst[e]) for e in sorted(worst, key=float)}
     report = {"n": len(data.y), "per_class": data.per_class, "data": data.source, "settings": settings(cfg),
@@ -215,8 +218,10 @@ def table(report: dict) -> str:
     lines.append(f"n = {report['n']} ({report['data']['dataset']}/{report['data']['split']}"
                  f"{', stratified sample' if 'indices' in report else ''}), seed {s['seed']}, protocol {s['protocol']}; "
                  f"PGD steps {s['pgd']['steps']}, step {s['pgd']['step_size']:g}/255, random start"
-                 + (f"; AutoAttack {s['autoattack']['version']} ({s['autoattack']['steps']} iterations, Square "
-                    f"{s['autoattack']['square_queries']} queries)" if "autoattack" in s else "") + ".")
+                 + (f"; AutoAttack {s['autoattack']['version']} ({', '.join(s['autoattack']['attacks'])}; "
+                    f"{s['autoattack']['steps']} iterations"
+                    + (f", Square {s['autoattack']['square_queries']} queries" if "square_queries" in s["autoattack"]
+                       else "") + ")" if "autoattack" in s else "") + ".")
     if "masking" in report:
         m = report["masking"]
         lines.append("")

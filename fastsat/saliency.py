@@ -218,7 +218,8 @@ def compute(method: str, teacher: nn.Module, images: np.ndarray, labels: np.ndar
     teacher = prepare_teacher(teacher).to(device)
     out, zeros = [], 0
     for start in tqdm(range(0, len(images), batch_size), desc=f"saliency {method}", disable=not progress):
-        x = torch.from_numpy(images[start:start + batch_size]).to(device).permute(0, 3, 1, 2).float().div(255)
+        batch = np.array(images[start:start + batch_size])  # a copy: the images may be read-only
+        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div(255)
         y = torch.as_tensor(labels[start:start + batch_size], device=device).long()
         try:
             positive, all_zero = signs(method, teacher, x.contiguous(), y, **(params or {}))
@@ -231,17 +232,15 @@ def compute(method: str, teacher: nn.Module, images: np.ndarray, labels: np.ndar
 
 def grid(teacher, images: np.ndarray, labels: np.ndarray, methods, path, title: str = "") -> None:
     """PNG: each row a sample, its image, then each method's signs (white: s = +1, black: −1;
-    element maps show the fraction of +1 channels), like the paper's Fig. 3."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    element maps show the fraction of +1 channels), like the paper's Fig. 3. Any channel count."""
+    from .plots import save, subplots
 
     maps = {m: compute(m, teacher, images, labels, batch_size=len(images), progress=False)[0] for m in methods}
     n, cols = len(images), 1 + len(methods)
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n), squeeze=False)
+    fig, axes = subplots(n, cols, figsize=(1.6 * cols, 1.6 * n), squeeze=False)
     for i in range(n):
-        axes[i, 0].imshow(images[i])
+        image = images[i][..., 0] if images.shape[-1] == 1 else images[i]
+        axes[i, 0].imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
         axes[i, 0].set_ylabel(str(labels[i]), fontsize=8)
         for j, m in enumerate(methods, 1):
             sign_map = maps[m][i]
@@ -252,9 +251,7 @@ def grid(teacher, images: np.ndarray, labels: np.ndarray, methods, path, title: 
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def parser():

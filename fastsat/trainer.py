@@ -4,8 +4,9 @@
 (flags, betons, output folder, batch size) runs in :func:`setup` before anything is written.
 Model selection uses a held-out, class-stratified part of the *training* beton (Rice et al.
 2020): every epoch, clean and PGD accuracy on it go to ``metrics.jsonl``; ``best.pt`` keeps the
-epoch with the highest holdout PGD accuracy, and the final report evaluates it on the test beton
-(``--select last``: the last epoch). A fall of holdout PGD accuracy by more than ``co_drop``
+epoch with the highest holdout PGD accuracy (clean accuracy for standard and noise training, see
+:func:`criterion`), and the final report evaluates it on the test beton (``--select last``: the
+last epoch). A fall of holdout PGD accuracy by more than ``co_drop``
 points in one epoch is flagged as catastrophic overfitting (Wong et al. 2020).
 """
 from __future__ import annotations
@@ -293,6 +294,13 @@ def train_epoch(run: Run, epoch: int) -> dict:
     return line
 
 
+def criterion(cfg: TrainConfig) -> str:
+    """The holdout accuracy that picks the best epoch: ``robust`` (PGD) or ``clean``. Robust accuracy
+    selects adversarial methods (Rice et al.); for standard and noise training it is ≈ 0 at every
+    epoch and would pick noise, so they select on clean accuracy (each method's registry entry)."""
+    return METHODS.get(cfg.method).selection if cfg.select in ("auto", "last") else cfg.select
+
+
 def select(run: Run, line: dict, history: list, best: dict) -> None:
     """Holdout clean and PGD accuracy into ``line``; ``best`` updated; catastrophic overfitting flagged."""
     cfg = run.cfg
@@ -305,9 +313,10 @@ def select(run: Run, line: dict, history: list, best: dict) -> None:
         print(f"warning: epoch {line['epoch']}: holdout PGD accuracy fell from {previous:.1f}% to "
               f"{line['holdout_pgd']:.1f}% — catastrophic overfitting (Wong et al. 2020); best.pt keeps "
               f"epoch {best.get('epoch')}", file=sys.stderr)
-    line["best"] = not best or line["holdout_pgd"] > best["holdout_pgd"]
+    key = "holdout_pgd" if criterion(cfg) == "robust" else "holdout_clean"
+    line["best"] = not best or line[key] > best["score"]  # ties: the earlier epoch
     if line["best"]:
-        best.update(epoch=line["epoch"], holdout_pgd=line["holdout_pgd"])
+        best.update(epoch=line["epoch"], by=key, score=line[key])
 
 
 def collapsed(previous: Optional[float], now: float, drop: float) -> bool:
@@ -340,13 +349,13 @@ def _log(run: Run, line: dict) -> None:
 def final_report(run: Run, stats: dict, best: dict) -> dict:
     """The selected checkpoint (best or last) evaluated on the test beton; summary.json."""
     cfg = run.cfg
-    which = BEST if cfg.select == "best" and (run.out / BEST).is_file() else CHECKPOINT
+    which = CHECKPOINT if cfg.select == "last" or not (run.out / BEST).is_file() else BEST
     model = load_checkpoint(run.out / which, run.device)["model"]
     data = eval_data(run.val_info, sample_indices(run.val_info.labels, cfg.eval_limit, cfg.seed), run.device)
     report = robustness(model, data, cfg, run.info.num_classes, progress=run.progress)
     report["selected"] = {"checkpoint": which, "epoch": torch.load(run.out / which, map_location="cpu",
                                                                   weights_only=False)["epoch"] - 1,
-                          "by": "holdout PGD accuracy" if which == BEST else "last epoch"}
+                          "by": f"holdout {criterion(cfg)} accuracy" if which == BEST else "last epoch"}
     title = f"{cfg.method}, {cfg.model} (width {cfg.width}), {run.info.manifest['dataset']}"
     table = write_reports(report, run.out, title)
     summary = {"method": cfg.method, "seed": cfg.seed, "train_seconds": stats["train_seconds"],

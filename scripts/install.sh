@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent install for a fresh Debian machine (Python 3.11, root): the system libraries FFCV
-# compiles against, then a virtualenv in .venv with fastsat (editable) and its test extras.
+# compiles against and the real Fashion-MNIST files (Debian's dataset-fashion-mnist, into
+# /usr/share/datasets/fashion-mnist), then a virtualenv in .venv with fastsat (editable) and its extras.
 # The virtualenv is reused while pyproject.toml and this script are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-APT_PACKAGES=(pkg-config libopencv-dev libturbojpeg0-dev)
+APT_PACKAGES=(pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

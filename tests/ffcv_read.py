@@ -13,9 +13,12 @@ def read_all(path: Path) -> dict[str, np.ndarray]:
     from ffcv.loader import Loader, OrderOption
     from ffcv.reader import Reader
 
-    names = list(Reader(str(path)).handlers)
-    decoders = {"image": SimpleRGBImageDecoder, "label": IntDecoder, "has_sal": IntDecoder}
-    pipelines = {name: [decoders.get(name, NDArrayDecoder)()] for name in names}
+    from ffcv.fields import IntField, RGBImageField
+
+    handlers = Reader(str(path)).handlers
+    names = list(handlers)
+    decoders = {RGBImageField: SimpleRGBImageDecoder, IntField: IntDecoder}
+    pipelines = {name: [decoders.get(type(h), NDArrayDecoder)()] for name, h in handlers.items()}
     threads = torch.get_num_threads()  # the Loader sets torch's thread count for the whole process
     loader = Loader(str(path), batch_size=64, num_workers=1, order=OrderOption.SEQUENTIAL,
                     pipelines=pipelines, drop_last=False)

@@ -47,6 +47,18 @@ def wait_gone(marker: str, seconds: float = 10.0) -> list[int]:
     return left
 
 
+def wait_until(ready, proc: subprocess.Popen, seconds: float = 300) -> None:
+    """Poll ``ready()`` while ``proc`` runs (the moment to kill or interrupt it)."""
+    deadline = time.time() + seconds
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, "the command ended before the moment came"
+        time.sleep(0.02)
+
+
+def temp_of(folder: Path, name: str):
+    return lambda: any(p.name.startswith(f".{name}.tmp") for p in folder.iterdir())
+
+
 def hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -77,10 +89,7 @@ def test_killed_write_leaves_nothing_and_no_process(big_cifar, tmp_path):
     proc = start(["fastsat.write_beton", "--dataset", "cifar10", "--root", str(big_cifar), "--out", str(out),
                   "--workers", "2"])
     try:
-        deadline = time.time() + 120
-        while not any(p.name.startswith(".big.beton.tmp") for p in tmp_path.iterdir()):
-            assert proc.poll() is None and time.time() < deadline, "writer ended before it could be killed"
-            time.sleep(0.05)
+        wait_until(temp_of(tmp_path, "big.beton"), proc)
         time.sleep(0.5)  # the FFCV writer processes are running now
         proc.kill()
         proc.wait()
@@ -116,10 +125,7 @@ def test_ctrl_c_during_a_write(big_cifar, tmp_path):
     proc = start(["fastsat.write_beton", "--dataset", "cifar10", "--root", str(big_cifar), "--out", str(out),
                   "--workers", "2"])
     try:
-        deadline = time.time() + 120
-        while not any(p.name.startswith(".c.beton.tmp") for p in tmp_path.iterdir()):
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.05)
+        wait_until(temp_of(tmp_path, "c.beton"), proc)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     finally:
@@ -203,10 +209,7 @@ def test_killed_new_run_gives_the_old_one_back(tmp_path, tiny_flags):
     before = (run / "metrics.jsonl").read_text()
     proc = start(["fastsat.train", *tiny_flags, "--epochs", "3", "--out", str(run), "--overwrite", "--method", "noise"])
     try:
-        deadline = time.time() + 120
-        while not any(p.name.startswith(".run.replaced-") for p in tmp_path.iterdir()):
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-            time.sleep(0.02)
+        wait_until(lambda: any(p.name.startswith(".run.replaced-") for p in tmp_path.iterdir()), proc)
         proc.kill()
     finally:
         proc.kill()
@@ -226,10 +229,7 @@ def test_kill_during_training_then_exact_resume(tmp_path, tiny_flags):
     assert train_main([*flags, "--out", str(straight)]) == 0
     proc = start(["fastsat.train", *flags, "--out", str(killed)])
     try:
-        deadline = time.time() + 300
-        while not (killed / "checkpoint.pt").is_file():
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-            time.sleep(0.02)
+        wait_until((killed / "checkpoint.pt").is_file, proc)
         proc.kill()
     finally:
         proc.kill()

@@ -8,7 +8,7 @@ from fastsat.kernels import bits as bitlayout
 from fastsat.kernels import sat
 from fastsat.kernels.spec import derive_seed
 
-SHAPES = [(1, 1, 1, 1), (7, 1, 1, 1), (1, 3, 5, 3), (7, 32, 32, 3), (2, 64, 64, 3), (3, 9, 7, 1)]
+SHAPES = [(1, 1, 1, 1), (7, 1, 1, 1), (1, 3, 5, 3), (7, 32, 32, 3), (2, 64, 64, 3), (3, 9, 7, 1), (5, 28, 28, 1)]
 GRANULARITIES = ["element", "pixel"]
 CUDA = torch.cuda.is_available()
 

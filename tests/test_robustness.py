@@ -158,3 +158,11 @@ def test_evaluate_prints_autoattack_worst_case_and_flags(trained, tmp_path, caps
                           "--eval-limit", "32", "--eval-checks"]) == 0
     out = capsys.readouterr().out
     assert "| autoattack |" in out and "| **worst_case** |" in out and "Gradient-masking checks" in out
+
+
+def test_selection_criterion_comes_from_the_method():
+    from fastsat.trainer import criterion
+
+    assert criterion(TrainConfig(method="standard")) == "clean" == criterion(TrainConfig(method="noise"))
+    assert criterion(TrainConfig(method="sat")) == "robust" == criterion(TrainConfig(method="pgd_sat"))
+    assert criterion(TrainConfig(method="standard", select="robust")) == "robust"

@@ -26,8 +26,8 @@ def open_writer(dataset: str, split: str = "train", **given):
     options = {**layout.options, **given}
     if "root" in options:
         root = options["root"]
-        if root is None:
-            raise InputError(f"--root is required for {dataset}")
+        if root is None or ("root" not in given and not Path(root).is_dir()):
+            raise InputError(f"--root is required for {dataset} ({layout.description})")
         if not Path(root).is_dir():
             raise InputError(f"--root {root}: {'not a folder' if Path(root).exists() else 'does not exist'}")
         options["root"] = Path(root)

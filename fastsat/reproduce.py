@@ -1,0 +1,205 @@
+"""python -m fastsat.reproduce: the paper's protocol on one dataset, end to end and resumable.
+
+    python -m fastsat.reproduce --dataset fashion-mnist --out runs/fm --budget full
+
+1. betons of the dataset's official files, the weak map (Fashion-MNIST: the silhouette) stored;
+2. teachers: a standard and a PGD-trained narrow ResNet-10;
+3. training betons with teacher maps: GBP of each teacher, the PGD teacher's Grad-CAM++ box, and
+   both of the PGD teacher's maps for the per-sample mix (paper Table 7);
+4. students, one model and epoch budget for all: standard, noise, SAT (weak map), SAT (standard
+   teacher GBP), SAT (adversarial teacher GBP), SAT (adversarial teacher box), SAT (two maps mixed),
+   FGSM-RS, PGD, PGD-SAT;
+5. each student's selected checkpoint evaluated with the default protocol and the paper's;
+6. OUT/table.md (rows = methods, columns = ε), OUT/frontier.png, OUT/grid_<teacher>.png.
+Every step is skipped when its output exists, so the whole can be completed across sittings
+(run the same command again). ``--budget quick`` is a minutes-long smoke run of the same steps.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .beton import open_beton
+from .comparison import fmt, run_one, side_by_side
+from .config import TrainConfig
+from .errors import ArgumentParser, InputError, run_cli
+from .files import atomic_write_text
+from .write_beton import main as write_main
+
+BUDGETS = {  # TrainConfig settings per budget (the model and epochs every run shares)
+    "quick": {"model": "resnet10", "width": 0.125, "epochs": 1, "batch_size": 64, "lr": 2e-3, "pad": 2,
+              "gpu_resident": True, "select_limit": 64, "select_steps": 3, "eval_limit": 64, "eval_eps": [8],
+              "eval_noise": [8], "eval_aa": "apgd-ce", "eval_aa_steps": 5, "eval_checks": False},
+    "full": {"model": "resnet10", "width": 0.25, "epochs": 10, "batch_size": 128, "lr": 2e-3, "pad": 2,
+             "select_limit": 1000, "select_steps": 10, "eval_limit": 0, "eval_eps": [2, 4, 8],
+             "eval_noise": [8, 32], "eval_aa": "apgd-ce,apgd-dlr", "eval_aa_steps": 100, "eval_checks": True},
+}
+TEACHERS = {  # name → (method, the checkpoint whose maps are used): the standard teacher's last epoch
+    "t_std": ("standard", "checkpoint.pt"),  # (robust selection means nothing for it), the PGD
+    "t_adv": ("pgd", "best.pt"),  # teacher's epoch of best holdout PGD accuracy
+}
+MAPS = {  # training beton → write_beton saliency flags (teachers by name)
+    "gbp_std": ["--saliency", "gbp", "--teacher", "t_std"],
+    "gbp_adv": ["--saliency", "gbp", "--teacher", "t_adv"],
+    "box_adv": ["--saliency", "gradcam_pp_box", "--teacher", "t_adv"],
+    "mix_adv": ["--saliency", "gbp", "--teacher", "t_adv", "--saliency2", "gradcam_pp_box"],
+}
+STUDENTS = {  # label → (method, training beton, extra settings)
+    "standard": ("standard", "train", {}),
+    "noise": ("noise", "train", {}),
+    "sat (weak map)": ("sat", "train", {}),
+    "sat (std-teacher GBP)": ("sat", "gbp_std", {}),
+    "sat (adv-teacher GBP)": ("sat", "gbp_adv", {}),
+    "sat (adv-teacher box)": ("sat", "box_adv", {}),
+    "sat (GBP + box mixed)": ("sat", "mix_adv", {"sal_mix": True}),
+    "fgsm_rs": ("fgsm_rs", "train", {}),
+    "pgd": ("pgd", "train", {}),
+    "pgd_sat (adv-teacher GBP)": ("pgd_sat", "gbp_adv", {}),
+}
+
+
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_").replace("__", "_")
+
+
+class Steps:
+    """Where each output lives, and a record of what ran (OUT/reproduce.json)."""
+
+    def __init__(self, out: Path, args):
+        self.out, self.args = out, args
+        self.record_path = out / "reproduce.json"
+        self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {
+            "command": " ".join(["python -m fastsat.reproduce", *sys.argv[1:]]), "budget": args.budget,
+            "settings": BUDGETS[args.budget], "steps": {}}
+
+    def done(self, name: str, seconds: float) -> None:
+        self.record["steps"][name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_text(self.record_path, json.dumps(self.record, indent=1))
+
+    def beton(self, name: str, split: str = "train", flags=()) -> Path:
+        path = self.out / "data" / f"{name}_{split}.beton" if name != "base" else self.out / "data" / f"{split}.beton"
+        if path.is_file():
+            open_beton(path)  # validated, then reused
+            return path
+        t0 = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        teacher_flags = [str(self.out / "teachers" / f / TEACHERS[f][1]) if f in TEACHERS else f for f in flags]
+        root = ["--root", str(self.args.root)] if self.args.root else []
+        rc = write_main(["--dataset", self.args.dataset, *root, "--split", split, "--out", str(path),
+                         "--device", self.args.device, *teacher_flags])
+        if rc != 0:
+            raise InputError(f"writing {path} failed (see above)")
+        self.done(f"beton {path.name}", time.perf_counter() - t0)
+        return path
+
+    def train(self, folder: Path, cfg: TrainConfig) -> dict:
+        fresh, t0 = not (folder / "summary.json").is_file(), time.perf_counter()
+        summary = run_one(cfg, progress=True)  # a finished run is read back, not trained again
+        if fresh:
+            self.done(f"train {folder.relative_to(self.out)}", time.perf_counter() - t0)
+        return summary
+
+
+def paper_columns(run: Path, cfg: TrainConfig) -> dict:
+    """The paper's protocol (PGD-5/20/40, noise, TRADES, saliency) on the selected checkpoint."""
+    from .robustness import eval_data, robustness, sample_indices, write_reports
+    from .runs import load_checkpoint, pick_device
+
+    folder = run / "paper"
+    if (folder / "robustness.json").is_file():
+        return json.loads((folder / "robustness.json").read_text())
+    device = pick_device(cfg.device)
+    ckpt = load_checkpoint(run / "best.pt", device)
+    paper = replace(cfg, eval_protocol="paper")
+    info = open_beton(cfg.val)
+    data = eval_data(info, sample_indices(info.labels, cfg.eval_limit, cfg.seed), device)
+    report = robustness(ckpt["model"], data, paper, info.num_classes)
+    write_reports(report, folder, f"{cfg.method}: the paper's protocol")
+    return report
+
+
+def table(students: dict[str, dict], papers: dict[str, dict]) -> str:
+    """Default-protocol table (worst case, with clean and cost), then the paper's PGD-5 columns."""
+    main = side_by_side({label: [s] for label, s in students.items()})
+    eps = sorted(next(iter(papers.values()))["attacks"]["pgd5"], key=float)
+    head = ["method", "clean"] + [f"PGD-5 ε={e}/255" for e in eps]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r in papers.items():
+        lines.append("| " + " | ".join([label, fmt([r["clean"]])] + [fmt([r["attacks"]["pgd5"][e]]) for e in eps]) + " |")
+    return main + "\n\nThe paper's protocol (PGD-5, step 2/255, random start), same checkpoints:\n\n" + "\n".join(lines)
+
+
+def reproduce(args) -> str:
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    steps = Steps(out, args)
+    base = TrainConfig(**BUDGETS[args.budget], seed=args.seed, device=args.device)
+    train_b, test_b = steps.beton("base", "train"), steps.beton("base", "test")
+    base = replace(base, train=str(train_b), val=str(test_b))
+    for name, (method, checkpoint) in TEACHERS.items():
+        folder = out / "teachers" / name
+        select = "robust" if checkpoint == "best.pt" else "last"
+        steps.train(folder, replace(base, method=method, out=str(folder), select=select).validate())
+    betons = {"train": train_b, **{name: steps.beton(name, "train", flags) for name, flags in MAPS.items()}}
+    grids(out, test_b, args.device)
+    students, papers = {}, {}
+    for label, (method, beton, extra) in STUDENTS.items():
+        folder = out / "students" / slug(label)
+        cfg = replace(base, method=method, train=str(betons[beton]), out=str(folder), **extra).validate()
+        summary = steps.train(folder, cfg)
+        students[label] = summary
+        papers[label] = paper_columns(folder, cfg)
+    from .comparison import frontier
+
+    text = table(students, papers)
+    frontier({label: [s] for label, s in students.items()}, out / "frontier.png", f"{max(base.eval_eps):g}",
+             f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}")
+    atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"
+                      f"Command: `{steps.record['command']}`\n")
+    return text
+
+
+def grids(out: Path, test_beton: Path, device: str) -> None:
+    """Saliency grid of each teacher on the first test images (like the paper's Fig. 3)."""
+    from .reader import BetonReader
+    from .runs import load_checkpoint
+    from .saliency import grid
+
+    reader, idx = BetonReader(test_beton), np.arange(6)
+    for name in TEACHERS:
+        path = out / f"grid_{name}.png"
+        if not path.is_file():
+            method, checkpoint = TEACHERS[name]
+            model = load_checkpoint(out / "teachers" / name / checkpoint, torch.device("cpu"))["model"]
+            grid(model, reader.read("image", idx), reader.read("label", idx), ["gbp", "gradcam_pp_box", "grad_sign"],
+                 path, f"teacher {name} ({method})")
+
+
+def parser() -> ArgumentParser:
+    import argparse
+
+    ap = ArgumentParser(prog="python -m fastsat.reproduce", description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="budgets: " + "; ".join(f"{k}: {v['model']} width {v['width']}, {v['epochs']} epochs"
+                                                       for k, v in BUDGETS.items()))
+    ap.add_argument("--dataset", default="fashion-mnist", help="a dataset layout with a weak map (fashion-mnist, ...)")
+    ap.add_argument("--root", type=Path, help="the dataset's files (default: the layout's own default)")
+    ap.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="folder of everything it makes")
+    ap.add_argument("--budget", choices=list(BUDGETS), default="quick", help="quick (smoke run) or full")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every run")
+    return ap
+
+
+def main(argv=None) -> int:
+    return run_cli(lambda: reproduce(parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

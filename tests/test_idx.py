@@ -1,0 +1,136 @@
+"""MNIST-family IDX files and single-channel images end to end: writer, beton, methods, saliency."""
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastsat.beton import open_beton
+from fastsat.config import TrainConfig
+from fastsat.kernels import bits as bitlayout
+from fastsat.methods import METHODS, train_step
+from fastsat.models import build_model
+from fastsat.reader import BetonReader
+from fastsat.saliency import SALIENCY, compute
+from fastsat.write_beton import main as write_main
+from tests.ffcv_read import read_all
+
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def idx_bytes(magic: int, array: np.ndarray) -> bytes:
+    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+
+
+def write_idx(root: Path, n_train=40, n_test=20, gz=True, rng=None) -> dict:
+    """The four official files with random 28×28 images (a square 'product' on black)."""
+    rng = rng or np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        images[:, 6:22, 6:22] = rng.integers(1, 256, (n, 16, 16))
+        images[:, 12:16, 12:16] = 0  # a hole the silhouette fills
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        for name, data in ((f"{prefix}-images-idx3-ubyte", idx_bytes(0x803, images)),
+                           (f"{prefix}-labels-idx1-ubyte", idx_bytes(0x801, labels))):
+            (root / (name + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
+        truth[split] = (images, labels)
+    return truth
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_writer_round_trip(tmp_path, gz):
+    truth = write_idx(tmp_path / "raw", gz=gz)
+    for split in ("train", "test"):
+        out = tmp_path / f"{split}.beton"
+        assert write_main(["--dataset", "fashion-mnist", "--root", str(tmp_path), "--split", split,
+                           "--out", str(out)]) == 0  # found in ROOT/raw/, as torchvision keeps them
+        images, labels = truth[split]
+        got = read_all(out)  # a stock FFCV Loader
+        assert got["image"].shape == (len(labels), 28, 28, 1)
+        assert np.array_equal(got["image"][..., 0], images) and np.array_equal(got["label"].ravel(), labels)
+        mask = bitlayout.unpack_np(got["sal"], 28 * 28).reshape(-1, 28, 28).astype(bool)
+        assert mask[:, 6:22, 6:22].all() and not mask[:, :6].any()  # silhouette, hole filled
+        info = open_beton(out)
+        assert info.image_shape == (28, 28, 1) and info.manifest["image_write_mode"] == "array"
+        assert np.array_equal(BetonReader(out).read("image"), got["image"])
+
+
+@pytest.mark.parametrize("damage,word", [
+    (lambda p: p.write_bytes(idx_bytes(0x802, np.zeros((3, 28, 28), np.uint8))), "magic number"),
+    (lambda p: p.write_bytes(idx_bytes(0x803, np.zeros((3, 28, 28), np.uint8))[:-5]), "truncated"),
+    (lambda p: p.write_bytes(idx_bytes(0x803, np.zeros((3, 28, 28), np.uint8))), "3 images but"),
+    (lambda p: p.unlink(), "not found"),
+])
+def test_idx_bad_files(tmp_path, capsys, damage, word):
+    write_idx(tmp_path, gz=False)
+    damage(tmp_path / "train-images-idx3-ubyte")
+    out = tmp_path / "x.beton"
+    assert write_main(["--dataset", "fashion-mnist", "--root", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and word in err[0] and "train-images-idx3-ubyte" in err[0]
+    assert not out.exists()
+
+
+def gray_batch(n=16):
+    x = torch.randint(0, 256, (n, 28, 28, 1), dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,))
+    return x, y, bitlayout.pack_torch(torch.rand(n, 28 * 28) < 0.5)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_one_channel_model_trains_with_every_method(name):
+    x, y, bits = gray_batch()
+    model = build_model("resnet10", 10, [0.3], [0.3], width=0.125)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cfg = TrainConfig(method=name, pgd_steps=2)
+    for step in range(2):
+        loss, _ = train_step(cfg, model, opt, x, y, bits, epoch=1, seed=step, granularity="pixel")
+        assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("method", list(SALIENCY))
+def test_saliency_on_one_channel(method):
+    model = build_model("resnet10", 10, [0.3], [0.3], width=0.125).eval()
+    x, y, _ = gray_batch(4)
+    positive, _ = compute(method, model, x.numpy(), y.numpy(), progress=False)
+    expected = (4, 28, 28) if SALIENCY.get(method).granularity == "pixel" else (4, 28, 28, 1)
+    assert positive.shape == expected
+
+
+@pytest.mark.skipif(not DEBIAN.is_dir(), reason="the Debian package dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_silhouette(tmp_path):
+    from fastsat.writers import open_writer
+
+    samples = open_writer("fashion-mnist", "test")
+    assert len(samples) == 10_000 and samples.source.image_shape == (28, 28, 1)
+    assert np.bincount(samples.labels).tolist() == [1000] * 10
+    ink = samples.images[..., 0] > 0
+    assert (samples.masks >= ink).all()  # every non-background pixel is inside the silhouette
+    filled = (samples.masks & ~ink).mean()
+    assert filled < 0.05  # holes filled: a few percent of the pixels, not the background
+
+
+def test_reproduce_quick_end_to_end(tmp_path):
+    """The paper's protocol on a small IDX set: betons, teachers, teacher maps, ten students, both
+    evaluations, table, frontier, grids; a second call finds everything done and trains nothing."""
+    import json
+
+    from fastsat.reproduce import STUDENTS, main
+
+    write_idx(tmp_path / "fm", n_train=200, n_test=64)
+    flags = ["--dataset", "fashion-mnist", "--root", str(tmp_path / "fm"), "--out", str(tmp_path / "r"),
+             "--budget", "quick", "--device", "cpu"]
+    assert main(flags) == 0
+    out = tmp_path / "r"
+    table = (out / "table.md").read_text()
+    assert all(label in table for label in STUDENTS) and "PGD-5 ε=8/255" in table
+    assert (out / "frontier.png").stat().st_size > 1000 and (out / "grid_t_adv.png").stat().st_size > 1000
+    record = json.loads((out / "reproduce.json").read_text())
+    trained = [k for k in record["steps"] if k.startswith("train students")]
+    assert len(trained) == len(STUDENTS)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    assert main(flags) == 0  # resumable: nothing is trained again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
