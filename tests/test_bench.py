@@ -25,3 +25,17 @@ def test_throughput_quick(tmp_path):
     assert {"sat_over_standard", "pgd_sat_over_pgd", "loader_over_model", "saliency_overhead"} <= set(data["goals"])
     assert (tmp_path / "throughput.png").stat().st_size > 5000
     assert "| sat |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_epoch_bench_runs_both_loaders(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "epoch.py"), "--samples", "300", "--model", "resnet10",
+                           "--width", "0.125", "--batch-size", "64", "--epochs", "1", "--methods", "standard,sat",
+                           "--device", "cpu", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "epoch.json").read_text())
+    assert [(r["loader"], r["method"]) for r in data["results"]] == [
+        ("ffcv", "standard"), ("ffcv", "sat"), ("resident", "standard"), ("resident", "sat")]
+    assert all(r["epoch_s"] > 0 and r["images_per_s"] > 0 for r in data["results"])
+    assert set(data["ratios"]) == {"ffcv: sat / standard", "resident: sat / standard"}
+    assert (tmp_path / "epoch.png").stat().st_size > 5000 and (tmp_path / "epoch.md").is_file()
