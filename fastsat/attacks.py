@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 
 class Attack:
     eval_mode: bool = True
@@ -157,7 +159,11 @@ class AutoAttack(Attack):
         return names
 
     def _build(self, model, name):
-        import torchattacks as ta
+        try:
+            import torchattacks as ta
+        except ImportError:
+            raise InputError("AutoAttack needs torchattacks (scripts/install.sh installs it; "
+                             "or pip install --no-deps torchattacks==3.5.1), or --eval-aa none") from None
 
         eot = 20 if self.version == "rand" else 1
         common = {"eps": self.eps, "norm": "Linf", "seed": self.seed}
