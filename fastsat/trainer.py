@@ -350,11 +350,10 @@ def final_report(run: Run, stats: dict, best: dict) -> dict:
     """The selected checkpoint (best or last) evaluated on the test beton; summary.json."""
     cfg = run.cfg
     which = CHECKPOINT if cfg.select == "last" or not (run.out / BEST).is_file() else BEST
-    model = load_checkpoint(run.out / which, run.device)["model"]
+    ckpt = load_checkpoint(run.out / which, run.device)
     data = eval_data(run.val_info, sample_indices(run.val_info.labels, cfg.eval_limit, cfg.seed), run.device)
-    report = robustness(model, data, cfg, run.info.num_classes, progress=run.progress)
-    report["selected"] = {"checkpoint": which, "epoch": torch.load(run.out / which, map_location="cpu",
-                                                                  weights_only=False)["epoch"] - 1,
+    report = robustness(ckpt["model"], data, cfg, run.info.num_classes, progress=run.progress)
+    report["selected"] = {"checkpoint": which, "epoch": ckpt["epoch"] - 1,
                           "by": f"holdout {criterion(cfg)} accuracy" if which == BEST else "last epoch"}
     title = f"{cfg.method}, {cfg.model} (width {cfg.width}), {run.info.manifest['dataset']}"
     table = write_reports(report, run.out, title)
