@@ -5,7 +5,7 @@
                           [--no-amp] [--device cuda] [--beton PATH] [--out DIR]
 
 A CIFAR-size beton of random pixels with one saliency field (written here through the CIFAR
-writer, or ``--beton``), then for each loader (FFCV streaming; device-resident through fastsat's
+writer, without ffcv where it is missing; or ``--beton``), then for each loader (FFCV streaming; device-resident through fastsat's
 own reader) and method: one warm-up epoch, then the median of ``--epochs`` timed epochs
 (device-synchronised wall time of the whole loop: loading, the SAT kernel, augmentation, attacks,
 forward, backward, step). On CUDA the share of the epoch the GPU was busy comes from CUDA events
@@ -37,17 +37,19 @@ from fastsat.models import build_model  # noqa: E402
 METHODS_DEFAULT = "standard,noise,sat,fgsm_rs,pgd,pgd_sat"
 
 
-def make_beton(tmp: Path, n: int) -> Path:
-    """n random CIFAR-size samples through the CIFAR writer, with one per-element saliency field."""
+def make_beton(out: Path, n: int) -> Path:
+    """n random CIFAR-size samples through the CIFAR writer, with one per-element saliency field,
+    written to ``out`` (ffcv's writer where installed, fastsat's direct writer elsewhere)."""
     from bench.loader import write_cifar_layout
     from fastsat.writers import open_writer
 
     rng = np.random.default_rng(0)
-    write_cifar_layout(tmp, n, rng)
-    samples = open_writer("cifar10", "train", root=tmp)
-    sal = SaliencyMap("element", {"method": "random"}, bitlayout.pack_np(rng.random((n, 32, 32, 3)) < 0.5))
-    write_beton(samples, samples.source, tmp / "bench.beton", maps={"sal": sal})
-    return tmp / "bench.beton"
+    with tempfile.TemporaryDirectory() as tmp:
+        write_cifar_layout(Path(tmp), n, rng)
+        samples = open_writer("cifar10", "train", root=Path(tmp))
+        sal = SaliencyMap("element", {"method": "random"}, bitlayout.pack_np(rng.random((n, 32, 32, 3)) < 0.5))
+        write_beton(samples, samples.source, out, maps={"sal": sal})
+    return out
 
 
 def one_epoch(cfg, model, opt, batches, epoch, device, scaler) -> tuple[float, float, int]:
@@ -125,7 +127,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=50_000, help="samples in the written beton")
-    ap.add_argument("--beton", type=Path, help="an existing beton with a 'sal' field instead of writing one")
+    ap.add_argument("--beton", type=Path, help="beton with a 'sal' field to time; written there first (random "
+                    "pixels, --samples) when it does not exist (default: a temporary one)")
     ap.add_argument("--loaders", default="ffcv,resident", help="ffcv (streaming) and/or resident")
     ap.add_argument("--methods", default=METHODS_DEFAULT, help="training methods to time")
     ap.add_argument("--model", default="resnet18", help="model name (fastsat CIFAR ResNets or timm)")
@@ -141,7 +144,8 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     loaders = [loader for loader in args.loaders.split(",") if loader != "ffcv" or ffcv_available()]
     with tempfile.TemporaryDirectory() as tmp:
-        info = open_beton(args.beton or make_beton(Path(tmp), args.samples))
+        beton = args.beton or Path(tmp) / "bench.beton"
+        info = open_beton(beton if beton.exists() else make_beton(beton, args.samples))
         results = []
         for loader in loaders:
             for method in args.methods.split(","):

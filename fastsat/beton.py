@@ -22,14 +22,16 @@ import numpy as np
 
 from .kernels import bits as bitlayout
 from .errors import InputError
+from .ffcv_import import available as ffcv_available
 from .ffcv_import import ffcv
 from .files import remove_stale_temps, temp_name
-from .reader import INT, NDARRAY, RGB, BetonReader, ReaderError
+from .reader import INT, NDARRAY, RGB, BetonReader, ReaderError, write_direct
 
 FORMAT = "fastsat-beton"
 FORMAT_VERSION = 2  # 2: the manifest's hash is of the content (deterministic); 1: of the file
 READ_VERSIONS = (1, 2)
 SAL_FIELDS = ("sal", "sal2")
+WRITERS = ("auto", "ffcv", "direct")
 STATS_SAMPLES = 2048  # images read in the main process for mean/std (and early shape checks)
 
 
@@ -111,6 +113,27 @@ class _Samples:
             blank = [np.zeros(self.image_shape, np.uint8), 0]
             blank += [np.zeros(bitlayout.num_bytes(self.image_shape, m.granularity), np.uint8) for m in self.maps.values()]
             return tuple(blank + ([0] if self.with_flag else []))
+
+
+class _Direct:
+    """The samples for ``write_direct``: same process, so a bad sample raises at once."""
+
+    def __init__(self, dataset: _Samples):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset.sample(i)
+
+
+def _ffcv_fields(fields: dict[str, tuple[int, tuple]]) -> dict:
+    """ffcv Field objects of a field spec (see ``write_direct``)."""
+    f = ffcv("ffcv.fields")
+    make = {INT: lambda shape: f.IntField(), RGB: lambda shape: f.RGBImageField(write_mode="raw"),
+            NDARRAY: lambda shape: f.NDArrayField(dtype=np.dtype("uint8"), shape=shape)}
+    return {name: make[kind](shape) for name, (kind, shape) in fields.items()}
 
 
 def _die_with(parent: int) -> None:
@@ -219,10 +242,11 @@ def _stats(samples, n: int) -> tuple[list[float], list[float]]:
 
 
 def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | None = None,
-                overwrite: bool = False, workers: int = -1, chunksize: int = 100) -> "BetonInfo":
-    """Write ``samples`` (see ``writers/common.py``) to ``out`` atomically, with its manifest."""
-    fields_module = ffcv("ffcv.fields")
-    IntField, NDArrayField, RGBImageField = fields_module.IntField, fields_module.NDArrayField, fields_module.RGBImageField
+                overwrite: bool = False, workers: int = -1, chunksize: int = 100, writer: str = "auto",
+                progress: bool = False) -> "BetonInfo":
+    """Write ``samples`` (see ``writers/common.py``) to ``out`` atomically, with its manifest.
+    ``writer``: ``ffcv`` (its parallel DatasetWriter), ``direct`` (``reader.write_direct``, one
+    process, no ffcv needed; the same content) or ``auto`` (ffcv where it is installed)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists (use --overwrite to replace it)")
@@ -241,13 +265,16 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
     with_flag = getattr(samples, "keep_unmasked", False)
     mean, std = _stats(samples, n)  # reads a few samples here: bad input fails before any write
 
+    if writer not in WRITERS:
+        raise InputError(f"writer {writer!r}: expected one of {', '.join(WRITERS)}")
+    if writer == "auto":
+        writer = "ffcv" if ffcv_available() else "direct"
     rgb = source.image_shape[2] == 3
-    image = RGBImageField(write_mode="raw") if rgb else NDArrayField(dtype=np.dtype("uint8"), shape=source.image_shape)
-    fields = {"image": image, "label": IntField()}
+    fields = {"image": (RGB if rgb else NDARRAY, tuple(source.image_shape)), "label": (INT, ())}
     for name, m in maps.items():
-        fields[name] = NDArrayField(dtype=np.dtype("uint8"), shape=(bitlayout.num_bytes(source.image_shape, m.granularity),))
+        fields[name] = (NDARRAY, (bitlayout.num_bytes(source.image_shape, m.granularity),))
     if with_flag:
-        fields["has_sal"] = IntField()
+        fields["has_sal"] = (INT, ())
 
     remove_stale_temps(out)  # of writes killed earlier
     tmp = temp_name(out)
@@ -255,7 +282,11 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
     try:
         dataset = _Samples(samples, source.image_shape, maps, with_flag, errors)
         try:
-            _ffcv_write(tmp, fields, dataset, _page_size(source.image_shape, maps), workers, chunksize)
+            page_size = _page_size(source.image_shape, maps)
+            if writer == "direct":
+                write_direct(tmp, fields, _Direct(dataset), page_size, progress=progress)
+            else:
+                _ffcv_write(tmp, _ffcv_fields(fields), dataset, page_size, workers, chunksize)
         except OSError as e:
             raise InputError(f"could not write {out}: {e.strerror or e} (full disk?); nothing was written") from None
         if errors.exists():
@@ -266,7 +297,7 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
             "dataset": source.dataset, "split": source.split,
             "class_names": list(source.class_names), "num_classes": len(source.class_names),
             "image_shape": list(source.image_shape), "image_write_mode": "raw" if rgb else "array",
-            "num_samples": n, "fields": list(fields),
+            "num_samples": n, "fields": list(fields), "writer": writer,
             "saliency": {name: {"granularity": m.granularity,
                                 "nbytes": bitlayout.num_bytes(source.image_shape, m.granularity),
                                 "source": m.source} for name, m in maps.items()},

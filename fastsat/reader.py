@@ -1,4 +1,4 @@
-"""fastsat's own betons read directly, memory-mapped with numpy: no ffcv needed.
+"""fastsat's own betons read (memory-mapped with numpy) and written directly: no ffcv needed.
 
 The file layout is the one ffcv 1.0.2's ``DatasetWriter`` defines (``ffcv/types.py``,
 ``ffcv/reader.py``, ``ffcv/fields/*.py``), little-endian:
@@ -11,8 +11,13 @@ The file layout is the one ffcv 1.0.2's ``DatasetWriter`` defines (``ffcv/types.
                       NDArrayField (4)  data_ptr u8; its arguments hold shape u8[32], type_length u8, dtype JSON
     data pages      each sample's bytes at its data_ptr
 
-The reader accepts exactly what ``write_beton`` writes (raw images, int fields, fixed-size uint8
-arrays) and refuses anything else in one line. Tests compare it byte for byte with ffcv's Loader.
+    allocation table (sample_id u8, ptr u8, size u8) per allocation, at alloc_table_ptr (file end)
+
+Data pages start at the first page boundary after the metadata; one sample's allocations never
+cross a page (ffcv's page-wise loaders rely on that). The reader accepts exactly what
+``write_beton`` writes (raw images, int fields, fixed-size uint8 arrays) and refuses anything else
+in one line; ``write_direct`` writes the same layout in one process, for machines without ffcv.
+Tests compare both byte for byte with ffcv's Loader and DatasetWriter.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4
                    ("alloc_table_ptr", "<u8")], align=True)
 FIELD_DESC = np.dtype([("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))], align=True)
 NDARRAY_ARGS = np.dtype([("shape", "<u8", 32), ("type_length", "<u8")])
+ALLOC = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
 INT, RGB, NDARRAY = 1, 2, 4
 META = {INT: np.dtype("<i8"), NDARRAY: np.dtype("<u8"),
         RGB: np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])}
@@ -145,3 +151,67 @@ class BetonReader:
                 idx = np.arange(start, min(start + step, self.num_samples))
                 h.update(np.ascontiguousarray(self.read(name, idx)).tobytes())
         return h.hexdigest()
+
+
+def write_direct(path: Path, fields: dict[str, tuple[int, tuple]], samples, page_size: int,
+                 progress: bool = False) -> None:
+    """``samples`` (indexable; sample i is a tuple of values in ``fields`` order) written to ``path``
+    in ffcv's layout, in this process. ``fields``: name → (INT, ()) | (RGB, (H, W, 3)) | (NDARRAY,
+    shape), values int / uint8 arrays of that shape. The inverse of ``BetonReader``."""
+    from tqdm import tqdm
+
+    names, n = list(fields), len(samples)
+    meta = np.zeros(n, np.dtype([(name, META[fields[name][0]]) for name in names], align=True))
+    descs = np.zeros(len(names), FIELD_DESC)
+    for d, name in zip(descs, names):
+        kind, shape = fields[name]
+        d["type_id"] = kind
+        d["name"][:len(name)] = np.frombuffer(name.encode("ascii")[:16], np.uint8)
+        if kind == NDARRAY:
+            d["arguments"][:] = _ndarray_args(shape)
+    sizes = {name: int(np.prod(shape)) for name, (kind, shape) in fields.items() if kind != INT}
+    if sum(sizes.values()) > page_size:
+        raise ValueError(f"a sample ({sum(sizes.values())} B) does not fit a page of {page_size} B")
+    start = HEADER.itemsize + descs.nbytes + meta.nbytes
+    first_page = -(-start // page_size) * page_size
+    page, page_no, used, allocs = np.zeros(page_size, np.uint8), 0, 0, []
+    with open(path, "wb") as f:
+        f.truncate(first_page)  # header, descriptors and metadata are written last
+        f.seek(first_page)
+        for i in tqdm(range(n), desc=f"writing {Path(path).name}", disable=not progress, leave=False):
+            if used + sum(sizes.values()) > page_size:
+                f.write(page.tobytes())
+                page[:], page_no, used = 0, page_no + 1, 0
+            for name, value in zip(names, samples[i]):
+                kind = fields[name][0]
+                if kind == INT:
+                    meta[name][i] = value
+                    continue
+                ptr = first_page + page_no * page_size + used
+                page[used:used + sizes[name]] = np.ascontiguousarray(value, dtype=np.uint8).reshape(-1)
+                used += sizes[name]
+                allocs.append((i, ptr, sizes[name]))
+                if kind == RGB:
+                    h, w = fields[name][1][:2]
+                    meta[name][i] = (RAW, w, h, ptr)
+                else:
+                    meta[name][i] = ptr
+        if used:
+            f.write(page.tobytes())  # whole pages, as ffcv writes them
+        header = np.zeros(1, HEADER)
+        header[0] = (VERSION, len(names), page_size, n, f.tell())
+        f.write(np.array(allocs, ALLOC).tobytes())
+        f.seek(0)
+        f.write(header.tobytes() + descs.tobytes() + meta.tobytes())
+
+
+def _ndarray_args(shape: tuple) -> np.ndarray:
+    """NDArrayField's arguments for a uint8 array of ``shape``: shape, dtype JSON length, dtype JSON."""
+    head = np.zeros(1, NDARRAY_ARGS)
+    head["shape"][0][:len(shape)] = shape
+    descr = json.dumps(np.dtype("uint8").descr).encode("ascii")
+    head["type_length"] = len(descr)
+    out = np.zeros(1024, np.uint8)
+    blob = np.concatenate([head.view(np.uint8), np.frombuffer(descr, np.uint8)])
+    out[:len(blob)] = blob
+    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .beton import SaliencyMap, file_hash, weak_map, write_beton
+from .beton import WRITERS, SaliencyMap, file_hash, weak_map, write_beton
 from .errors import ArgumentParser, InputError, run_cli
 from .kernels import bits as bitlayout
 from .runs import load_checkpoint, pick_device
@@ -52,7 +52,10 @@ def parser() -> ArgumentParser:
         ap.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                         help=text + " (default: the layout's)",
                         **({"choices": ("skip", "keep")} if name == "missing_mask" else {}))
-    ap.add_argument("--workers", type=int, default=-1, help="writer processes (-1: all cores)")
+    ap.add_argument("--writer", choices=WRITERS, default="auto",
+                    help="ffcv (parallel DatasetWriter), direct (one process, no ffcv needed; same content) "
+                         "or auto (ffcv where installed)")
+    ap.add_argument("--workers", type=int, default=-1, help="ffcv writer processes (-1: all cores)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return ap
 
@@ -144,7 +147,7 @@ def write(args):
     plan = _plan(args, layout, source)
     device = pick_device(args.device)
     teachers = {t: _load_teacher(t, source, device) for _, t, _ in plan if t is not None}
-    write_args = {"overwrite": args.overwrite, "workers": args.workers}
+    write_args = {"overwrite": args.overwrite, "workers": args.workers, "writer": args.writer, "progress": True}
     if plan[0][0] == "none":
         return write_beton(samples, source, args.out, **write_args)
     if len(plan) == 1 and plan[0][0] in WEAK:
