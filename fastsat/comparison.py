@@ -102,6 +102,8 @@ def run_one(cfg: TrainConfig, progress: bool) -> dict:
             return summary
     if (out / "checkpoint.pt").is_file():
         cfg = dataclasses.replace(cfg, resume=True, overwrite=False)
+    elif (out / "config.json").is_file():  # killed before its first checkpoint: nothing to keep
+        cfg = dataclasses.replace(cfg, overwrite=True)
     return train(cfg, progress=progress)
 
 

@@ -60,3 +60,33 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class Claim:
+    """``with Claim(path) as mine:``: ``mine`` is True for the one process that holds the lock on
+    ``.NAME.lock`` (an advisory ``flock``, which the kernel drops when its process ends, even by
+    kill -9) until the block ends. Lets several processes share one folder of work, each step done
+    once."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        self.lock, self.fd = path.with_name(f".{path.name}.lock"), None
+
+    def __enter__(self) -> bool:
+        import fcntl
+
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            self.lock.unlink(missing_ok=True)  # (a process that still got this inode re-checks
+            os.close(self.fd)  # whether the work is done before doing it: see Claim's users)
+            self.fd = None

@@ -14,15 +14,20 @@
    paper's PGD-5 (plus the one-step saliency, stored-map and noise rows) on the whole test set;
 6. OUT/table.md (rows = methods, columns = ε), OUT/frontier.png, OUT/grid_<teacher>.png.
 Every step is skipped when its output exists, so the whole can be completed across sittings
-(run the same command again). ``--budget quick`` is a minutes-long smoke run of the same steps.
+(run the same command again); several processes running the same command on one folder share the
+steps (``--threads 1`` each on a small CPU machine). ``--budget quick`` is a minutes-long smoke run
+of the same steps.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +36,7 @@ from .beton import open_beton
 from .comparison import fmt, run_one, side_by_side
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
-from .files import atomic_write_text
+from .files import Claim, atomic_write_text
 from .write_beton import main as write_main
 
 BUDGETS = {  # TrainConfig settings per budget (the model and epochs every run shares)
@@ -70,6 +75,13 @@ STUDENTS = {  # label → (method, training beton, extra settings)
 }
 
 
+def command(args) -> str:
+    """The command line that makes (or completes) this folder."""
+    root = f" --root {args.root}" if args.root else ""
+    return (f"python -m fastsat.reproduce --dataset {args.dataset}{root} --budget {args.budget} --out {args.out} "
+            f"--device {args.device} --seed {args.seed}")
+
+
 def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label).strip("_").replace("__", "_")
 
@@ -81,11 +93,14 @@ class Steps:
         self.out, self.args = out, args
         self.record_path = out / "reproduce.json"
         self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {
-            "command": " ".join(["python -m fastsat.reproduce", *sys.argv[1:]]), "budget": args.budget,
+            "command": command(args), "budget": args.budget,
             "settings": BUDGETS[args.budget], "steps": {}}
 
     def done(self, name: str, seconds: float) -> None:
-        self.record["steps"][name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if self.record_path.is_file():  # other processes' steps too
+            self.record["steps"] = json.loads(self.record_path.read_text())["steps"]
+        self.record["steps"][name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                      "pid": os.getpid(), "threads": torch.get_num_threads()}
         atomic_write_text(self.record_path, json.dumps(self.record, indent=1))
 
     def beton(self, name: str, split: str = "train", flags=()) -> Path:
@@ -152,34 +167,98 @@ def table(students: dict[str, dict], tests: dict[str, dict]) -> str:
             f"(at most ± {half_width(first['n']):.1f} points), same checkpoints:\n\n" + "\n".join(lines))
 
 
+@dataclass
+class Step:
+    """One unit of the protocol: done when its output exists; ready when the steps it needs are done."""
+    name: str
+    needs: tuple[str, ...]
+    done: Callable[[], bool]
+    run: Callable[[], object]
+
+
+def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
+    """Every step of the protocol, in order, and the final table (once every student is done)."""
+    base = TrainConfig(**BUDGETS[args.budget], seed=args.seed, device=args.device)
+    data = out / "data"
+    base = replace(base, train=str(data / "train.beton"), val=str(data / "test.beton"))
+    todo = [Step(f"beton {split}", (), (data / f"{split}.beton").is_file, partial(steps.beton, "base", split))
+            for split in ("train", "test")]
+    for name, (method, checkpoint) in TEACHERS.items():
+        folder = out / "teachers" / name
+        cfg = replace(base, method=method, out=str(folder), select="robust" if checkpoint == "best.pt" else "last")
+        todo.append(Step(f"teacher {name}", ("beton train", "beton test"), (folder / "summary.json").is_file,
+                         partial(steps.train, folder, cfg.validate())))
+    for name, flags in MAPS.items():
+        needs = tuple(f"teacher {f}" for f in flags if f in TEACHERS)
+        todo.append(Step(f"beton {name}", needs, (data / f"{name}_train.beton").is_file,
+                         partial(steps.beton, name, "train", flags)))
+    todo.append(Step("grids", tuple(f"teacher {t}" for t in TEACHERS),
+                     lambda: all((out / f"grid_{t}.png").is_file() for t in TEACHERS),
+                     partial(grids, out, data / "test.beton", args.device)))
+    students = {}
+    for label, (method, beton, extra) in STUDENTS.items():
+        folder = out / "students" / slug(label)
+        train = data / ("train.beton" if beton == "train" else f"{beton}_train.beton")
+        students[label] = cfg = replace(base, method=method, train=str(train), out=str(folder), **extra).validate()
+        todo.append(Step(f"student {label}", (f"beton {beton}", "beton test"),
+                         partial(student_done, folder), partial(student, steps, folder, cfg, FULL_TEST[args.budget])))
+
+    def final() -> str:
+        summaries = {label: json.loads((Path(c.out) / "summary.json").read_text()) for label, c in students.items()}
+        tests = {label: full_test(Path(c.out), c, FULL_TEST[args.budget]) for label, c in students.items()}
+        from .comparison import frontier
+
+        text = table(summaries, tests)
+        frontier({label: [s] for label, s in summaries.items()}, out / "frontier.png", f"{max(base.eval_eps):g}",
+                 f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}")
+        atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"
+                          f"Command: `{steps.record['command']}`\n")
+        return text
+
+    return todo, final
+
+
+def student_done(folder: Path) -> bool:
+    return (folder / "summary.json").is_file() and (folder / "full_test" / "robustness.json").is_file()
+
+
+def student(steps: Steps, folder: Path, cfg: TrainConfig, limit: int) -> None:
+    steps.train(folder, cfg)
+    full_test(folder, cfg, limit)
+
+
+def run_plan(out: Path, plan: list[Step], poll: float = 15.0) -> None:
+    """Run every step not done, in order, as soon as what it needs is done. Several processes may
+    run the same plan on one folder: each step is claimed by one of them (``files.Claim``), the
+    others go on with the next ready step, or wait for the steps they need."""
+    said = ""
+    while True:
+        done = {s.name for s in plan if s.done()}
+        pending = [s for s in plan if s.name not in done]
+        if not pending:
+            return
+        for s in (s for s in pending if all(n in done for n in s.needs)):
+            with Claim(out / slug(s.name)) as mine:
+                if mine and not s.done():  # done meanwhile by the process that held it
+                    s.run()
+                    break
+        else:
+            waiting = f"waiting for other processes: {', '.join(s.name for s in pending)}"
+            if waiting != said:
+                print(waiting, file=sys.stderr, flush=True)
+                said = waiting
+            time.sleep(poll)
+
+
 def reproduce(args) -> str:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps = Steps(out, args)
-    base = TrainConfig(**BUDGETS[args.budget], seed=args.seed, device=args.device)
-    train_b, test_b = steps.beton("base", "train"), steps.beton("base", "test")
-    base = replace(base, train=str(train_b), val=str(test_b))
-    for name, (method, checkpoint) in TEACHERS.items():
-        folder = out / "teachers" / name
-        select = "robust" if checkpoint == "best.pt" else "last"
-        steps.train(folder, replace(base, method=method, out=str(folder), select=select).validate())
-    betons = {"train": train_b, **{name: steps.beton(name, "train", flags) for name, flags in MAPS.items()}}
-    grids(out, test_b, args.device)
-    students, tests = {}, {}
-    for label, (method, beton, extra) in STUDENTS.items():
-        folder = out / "students" / slug(label)
-        cfg = replace(base, method=method, train=str(betons[beton]), out=str(folder), **extra).validate()
-        summary = steps.train(folder, cfg)
-        students[label] = summary
-        tests[label] = full_test(folder, cfg, FULL_TEST[args.budget])
-    from .comparison import frontier
-
-    text = table(students, tests)
-    frontier({label: [s] for label, s in students.items()}, out / "frontier.png", f"{max(base.eval_eps):g}",
-             f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}")
-    atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"
-                      f"Command: `{steps.record['command']}`\n")
-    return text
+    plan_, final = plan(out, args, steps)
+    run_plan(out, plan_)
+    return final()
 
 
 def grids(out: Path, test_beton: Path, device: str) -> None:
@@ -211,6 +290,9 @@ def parser() -> ArgumentParser:
     ap.add_argument("--budget", choices=list(BUDGETS), default="quick", help="quick (smoke run) or full")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--seed", type=int, default=0, help="seed of every run")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of this process (0: torch's default). Several processes may run the "
+                         "same command on one --out at once: each step is done by one of them")
     return ap
 
 

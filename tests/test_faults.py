@@ -333,3 +333,59 @@ def test_write_flags_fail_in_one_line(tmp_path, trained, capsys, flags):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:"), err
     assert not (tmp_path / "x.beton").exists()
+
+
+def _plan_worker(out: str, log: str) -> None:
+    """One of several processes running the same plan: three steps, the third needs the first two."""
+    from fastsat.reproduce import Step, run_plan
+
+    def step(name):
+        def run():
+            with open(log, "a") as f:
+                f.write(f"start {name} {os.getpid()}\n")
+            time.sleep(1.0)
+            (Path(out) / name).write_text("done")
+            with open(log, "a") as f:
+                f.write(f"end {name}\n")
+        return Step(name, ("a", "b") if name == "c" else (), (Path(out) / name).is_file, run)
+
+    with open(log + ".ready", "a") as f:  # both processes start the plan together
+        f.write("ready\n")
+    while Path(log + ".ready").read_text().count("ready") < 2:
+        time.sleep(0.01)
+    run_plan(Path(out), [step("a"), step("b"), step("c")], poll=0.05)
+
+
+def test_processes_sharing_a_plan_do_each_step_once(tmp_path):
+    """Two processes on one folder: every step runs once, each in one process, after what it
+    needs; a lock held by a killed process does not block the step forever."""
+    import multiprocessing
+
+    from fastsat.files import Claim
+
+    log = tmp_path / "log"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_plan_worker, args=(str(tmp_path), str(log))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = log.read_text().splitlines()
+    starts = [line.split()[1] for line in lines if line.startswith("start")]
+    assert sorted(starts) == ["a", "b", "c"]
+    start_c = next(i for i, line in enumerate(lines) if line.startswith("start c"))
+    assert start_c > max(lines.index("end a"), lines.index("end b"))
+    assert len({line.split()[2] for line in lines if line.startswith("start")}) == 2  # both processes worked
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fastsat.files import Claim; "
+                               f"c = Claim({str(tmp_path / 'x')!r}); print(c.__enter__(), flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with Claim(tmp_path / "x") as mine:
+            assert not mine
+    finally:
+        holder.kill()
+        holder.wait()
+    with Claim(tmp_path / "x") as mine:
+        assert mine
