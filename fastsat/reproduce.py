@@ -146,6 +146,53 @@ def full_test(run: Path, cfg: TrainConfig, limit: int) -> dict:
     return report
 
 
+CLAIMS = [  # the paper's claims: (claim, left student, right student, "better" or "not worse")
+    ("SAT > noise (silhouette map)", "sat (weak map)", "noise", "better"),
+    ("SAT > noise (adversarial-teacher GBP)", "sat (adv-teacher GBP)", "noise", "better"),
+    ("noise > standard", "noise", "standard", "better"),
+    ("adversarial-teacher maps > standard-teacher maps (GBP)", "sat (adv-teacher GBP)", "sat (std-teacher GBP)",
+     "better"),
+    ("fine maps > boxes (adversarial teacher)", "sat (adv-teacher GBP)", "sat (adv-teacher box)", "better"),
+    ("two maps mixed ≥ one map (paper Table 7)", "sat (GBP + box mixed)", "sat (adv-teacher GBP)", "not worse"),
+    ("PGD-SAT ≥ PGD", "pgd_sat (adv-teacher GBP)", "pgd", "not worse"),
+]
+
+
+def verdict(a: float, b: float, n_a: int, n_b: int, kind: str) -> str:
+    """``a − b`` in points with its verdict: beyond the 95% margin of a difference of two
+    independent accuracies (normal approximation), or within it."""
+    pa, pb = a / 100, b / 100
+    margin = 100 * 1.96 * (pa * (1 - pa) / max(n_a, 1) + pb * (1 - pb) / max(n_b, 1)) ** 0.5
+    d = a - b
+    if kind == "better":
+        word = "holds" if d > margin else "reversed" if d < -margin else f"unresolved (±{margin:.1f})"
+    else:
+        word = "holds" if d >= -margin else "reversed"
+    return f"{d:+.1f} {word}"
+
+
+def claims(students: dict[str, dict], tests: dict[str, dict]) -> str:
+    """The paper's claims, each as a difference of accuracies under both gradings, with its cost."""
+    eps = sorted(next(iter(tests.values()))["attacks"]["pgd5"], key=float)
+    cols = [("PGD-5", e) for e in eps] + [("worst case", e) for e in eps]
+    head = ["claim"] + [f"{name} ε={e}/255" for name, e in cols] + ["train s, left / right"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for claim, left, right, kind in CLAIMS:
+        if left not in students or right not in students:
+            continue
+        cells = []
+        for name, e in cols:
+            a, b = ((tests[x]["attacks"]["pgd5"][e], tests[x]["n"]) if name == "PGD-5" else
+                    (students[x]["robustness"]["attacks"]["worst_case"][e], students[x]["robustness"]["n"])
+                    for x in (left, right))
+            cells.append(verdict(a[0], b[0], a[1], b[1], kind))
+        t_left, t_right = students[left]["train_seconds"], students[right]["train_seconds"]
+        cost = f"{t_left:.0f} / {t_right:.0f} ({t_left / max(t_right, 1e-9):.2f}×)"
+        lines.append("| " + " | ".join([claim] + cells + [cost]) + " |")
+    return ("Differences left − right in accuracy points; *holds*: beyond the 95% margin of the difference "
+            "(for ≥: not below it), *reversed*: beyond it the other way.\n\n" + "\n".join(lines))
+
+
 def half_width(n: int) -> float:
     """Largest 95% half-width of an accuracy measured on n images (normal approximation, p = 0.5), points."""
     return 100 * 1.96 * (0.25 / max(n, 1)) ** 0.5
@@ -208,7 +255,7 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
         tests = {label: full_test(Path(c.out), c, FULL_TEST[args.budget]) for label, c in students.items()}
         from .comparison import frontier
 
-        text = table(summaries, tests)
+        text = table(summaries, tests) + "\n\nThe paper's claims on this data:\n\n" + claims(summaries, tests)
         frontier({label: [s] for label, s in summaries.items()}, out / "frontier.png", f"{max(base.eval_eps):g}",
                  f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}")
         atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"

@@ -118,7 +118,7 @@ def test_reproduce_quick_end_to_end(tmp_path):
     evaluations, table, frontier, grids; a second call finds everything done and trains nothing."""
     import json
 
-    from fastsat.reproduce import STUDENTS, main
+    from fastsat.reproduce import CLAIMS, STUDENTS, main
 
     write_idx(tmp_path / "fm", n_train=200, n_test=64)
     flags = ["--dataset", "fashion-mnist", "--root", str(tmp_path / "fm"), "--out", str(tmp_path / "r"),
@@ -127,6 +127,7 @@ def test_reproduce_quick_end_to_end(tmp_path):
     out = tmp_path / "r"
     table = (out / "table.md").read_text()
     assert all(label in table for label in STUDENTS) and "PGD-5 ε=8/255" in table
+    assert all(f"| {claim} |" in table for claim, *_ in CLAIMS)
     assert (out / "frontier.png").stat().st_size > 1000 and (out / "grid_t_adv.png").stat().st_size > 1000
     record = json.loads((out / "reproduce.json").read_text())
     trained = [k for k in record["steps"] if k.startswith("train students")]
@@ -134,3 +135,14 @@ def test_reproduce_quick_end_to_end(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     assert main(flags) == 0  # resumable: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
+
+
+def test_claim_verdicts():
+    """A difference counts only beyond the 95% margin of two accuracies on n images each."""
+    from fastsat.reproduce import verdict
+
+    assert verdict(55.0, 50.0, 10_000, 10_000, "better") == "+5.0 holds"  # margin ≈ 1.4 points
+    assert verdict(55.0, 50.0, 100, 100, "better") == "+5.0 unresolved (±13.8)"  # 196·√((.2475 + .25) / 100)
+    assert verdict(45.0, 50.0, 10_000, 10_000, "better") == "-5.0 reversed"
+    assert verdict(48.0, 50.0, 500, 500, "not worse") == "-2.0 holds"  # margin ≈ 6.2 points
+    assert verdict(40.0, 50.0, 500, 500, "not worse") == "-10.0 reversed"
