@@ -170,8 +170,9 @@ def write_direct(path: Path, fields: dict[str, tuple[int, tuple]], samples, page
         if kind == NDARRAY:
             d["arguments"][:] = _ndarray_args(shape)
     sizes = {name: int(np.prod(shape)) for name, (kind, shape) in fields.items() if kind != INT}
-    if sum(sizes.values()) > page_size:
-        raise ValueError(f"a sample ({sum(sizes.values())} B) does not fit a page of {page_size} B")
+    per_sample = sum(sizes.values())
+    if per_sample > page_size:
+        raise ValueError(f"a sample ({per_sample} B) does not fit a page of {page_size} B")
     start = HEADER.itemsize + descs.nbytes + meta.nbytes
     first_page = -(-start // page_size) * page_size
     page, page_no, used, allocs = np.zeros(page_size, np.uint8), 0, 0, []
@@ -179,7 +180,7 @@ def write_direct(path: Path, fields: dict[str, tuple[int, tuple]], samples, page
         f.truncate(first_page)  # header, descriptors and metadata are written last
         f.seek(first_page)
         for i in tqdm(range(n), desc=f"writing {Path(path).name}", disable=not progress, leave=False):
-            if used + sum(sizes.values()) > page_size:
+            if used + per_sample > page_size:
                 f.write(page.tobytes())
                 page[:], page_no, used = 0, page_no + 1, 0
             for name, value in zip(names, samples[i]):

@@ -103,8 +103,12 @@ class Steps:
                                       "pid": os.getpid(), "threads": torch.get_num_threads()}
         atomic_write_text(self.record_path, json.dumps(self.record, indent=1))
 
+    def path(self, name: str, split: str = "train") -> Path:
+        """Where beton ``name`` (``base``: the dataset's own, with its weak map) of ``split`` lives."""
+        return self.out / "data" / (f"{split}.beton" if name == "base" else f"{name}_{split}.beton")
+
     def beton(self, name: str, split: str = "train", flags=()) -> Path:
-        path = self.out / "data" / f"{name}_{split}.beton" if name != "base" else self.out / "data" / f"{split}.beton"
+        path = self.path(name, split)
         if path.is_file():
             open_beton(path)  # validated, then reused
             return path
@@ -226,9 +230,9 @@ class Step:
 def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
     """Every step of the protocol, in order, and the final table (once every student is done)."""
     base = TrainConfig(**BUDGETS[args.budget], seed=args.seed, device=args.device)
-    data = out / "data"
-    base = replace(base, train=str(data / "train.beton"), val=str(data / "test.beton"))
-    todo = [Step(f"beton {split}", (), (data / f"{split}.beton").is_file, partial(steps.beton, "base", split))
+    test = steps.path("base", "test")
+    base = replace(base, train=str(steps.path("base")), val=str(test))
+    todo = [Step(f"beton {split}", (), steps.path("base", split).is_file, partial(steps.beton, "base", split))
             for split in ("train", "test")]
     for name, (method, checkpoint) in TEACHERS.items():
         folder = out / "teachers" / name
@@ -237,15 +241,15 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
                          partial(steps.train, folder, cfg.validate())))
     for name, flags in MAPS.items():
         needs = tuple(f"teacher {f}" for f in flags if f in TEACHERS)
-        todo.append(Step(f"beton {name}", needs, (data / f"{name}_train.beton").is_file,
+        todo.append(Step(f"beton {name}", needs, steps.path(name).is_file,
                          partial(steps.beton, name, "train", flags)))
     todo.append(Step("grids", tuple(f"teacher {t}" for t in TEACHERS),
                      lambda: all((out / f"grid_{t}.png").is_file() for t in TEACHERS),
-                     partial(grids, out, data / "test.beton", args.device)))
+                     partial(grids, out, test, args.device)))
     students = {}
     for label, (method, beton, extra) in STUDENTS.items():
         folder = out / "students" / slug(label)
-        train = data / ("train.beton" if beton == "train" else f"{beton}_train.beton")
+        train = steps.path("base" if beton == "train" else beton)
         students[label] = cfg = replace(base, method=method, train=str(train), out=str(folder), **extra).validate()
         todo.append(Step(f"student {label}", (f"beton {beton}", "beton test"),
                          partial(student_done, folder), partial(student, steps, folder, cfg, FULL_TEST[args.budget])))
