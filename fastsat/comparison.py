@@ -74,17 +74,25 @@ def side_by_side(by_method: dict[str, list[dict]]) -> str:
 
 
 def frontier(by_method: dict[str, list[dict]], path: Path, eps: str, title: str) -> None:
-    from .plots import save, subplots
+    from .plots import save, spread_labels, subplots
 
     fig, ax = subplots(figsize=(6, 4))
+    row = headline(next(iter(by_method.values()))[0]["robustness"])
+    points = {}
     for label, summaries in by_method.items():
-        row = headline(summaries[0]["robustness"])
         t, dt = mean_ci([s["train_seconds"] for s in summaries])
         acc, dacc = mean_ci([s["robustness"]["attacks"][row][eps] for s in summaries])
         color = "#dd8452" if METHODS.get(summaries[0]["method"]).needs_saliency else "#4c72b0"
         ax.errorbar(t, acc, xerr=dt or None, yerr=dacc or None, fmt="o", color=color, capsize=3)
-        ax.annotate(label, (t, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    row = headline(next(iter(by_method.values()))[0]["robustness"])
+        points[label] = (t, acc)
+    xs, ys = [p[0] for p in points.values()], [p[1] for p in points.values()]
+    x_span, y_span = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    heights = spread_labels(list(points.values()), x_near=0.25 * x_span, y_gap=0.06 * y_span)
+    for (label, (t, acc)), h in zip(points.items(), heights):
+        ax.annotate(label, (t, acc), xytext=(t + 0.02 * x_span, h + 0.02 * y_span), fontsize=8,
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5") if h > acc else None)
+    ax.set_ylim(top=max(max(heights) + 0.1 * y_span, ax.get_ylim()[1]))
+    ax.set_xlim(right=max(xs) + 0.2 * x_span)
     ax.set_xlabel("training time (s)")
     ax.set_ylabel(f"{row.replace('_', ' ')} accuracy at ε={eps}/255 (%)")
     ax.set_title(title, fontsize=9)

@@ -20,3 +20,18 @@ def save(fig, path: Path, dpi: int = 120) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def spread_labels(points: list[tuple[float, float]], x_near: float, y_gap: float) -> list[float]:
+    """Heights for the points' labels so that labels of points less than ``x_near`` apart in x are
+    at least ``y_gap`` apart in y; each label is placed as low as that allows, never below its point."""
+    heights = [0.0] * len(points)
+    placed: list[tuple[float, float]] = []
+    for i in sorted(range(len(points)), key=lambda i: points[i][1]):
+        x, y = points[i]
+        for px, py in sorted(placed, key=lambda p: p[1]):
+            if abs(x - px) < x_near and abs(y - py) < y_gap:
+                y = py + y_gap
+        heights[i] = y
+        placed.append((x, y))
+    return heights

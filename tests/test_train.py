@@ -140,6 +140,17 @@ def test_compare_runner(tmp_path, tiny_flags, capsys):
     assert compare_main([*flags[:-2], "--seeds", "0"]) == 2
 
 
+def test_frontier_labels_of_close_points_are_spread():
+    from fastsat.plots import spread_labels
+
+    points = [(400, 34.0), (440, 34.0), (380, 35.6), (1800, 35.0), (700, 76.8)]
+    heights = spread_labels(points, x_near=350, y_gap=3.0)
+    cluster = sorted(heights[:3])
+    assert all(b - a >= 3.0 for a, b in zip(cluster, cluster[1:]))  # one cluster: no two labels collide
+    assert all(h >= y for h, (_, y) in zip(heights, points))  # never below its point
+    assert heights[3:] == [35.0, 76.8]  # a point far away in x or y keeps its label at itself
+
+
 @pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path, tiny_flags):
     out = tmp_path / "ddp"
