@@ -67,7 +67,10 @@ def side_by_side(by_method: dict[str, list[dict]]) -> str:
                                                    for k, v in c.items()]) + " |")
     some = next(iter(by_method.values()))
     r = some[0]["robustness"]
-    lines += ["", f"{len(some)} seed(s) ({', '.join(str(s['seed']) for s in some)}): mean ± 95% t-interval. "
+    seeds = ", ".join(str(s["seed"]) for s in some)
+    spread = (f"{len(some)} seeds ({seeds}): mean ± 95% t-interval across seeds" if len(some) > 1
+              else f"one seed ({seeds}), so no interval across seeds")
+    lines += ["", f"{spread}. "
               f"n = {r['n']} test images; attacks and settings as in each run's robustness.md "
               f"(protocol {r['settings']['protocol']})."]
     return "\n".join(lines)

@@ -127,6 +127,7 @@ def test_reproduce_quick_end_to_end(tmp_path):
     out = tmp_path / "r"
     table = (out / "table.md").read_text()
     assert all(label in table for label in STUDENTS) and "PGD-5 ε=8/255" in table
+    assert "one seed (0), so no interval across seeds" in table and "t-interval" not in table
     assert all(f"| {claim} |" in table for claim, *_ in CLAIMS)
     assert (out / "frontier.png").stat().st_size > 1000 and (out / "grid_t_adv.png").stat().st_size > 1000
     record = json.loads((out / "reproduce.json").read_text())

@@ -131,7 +131,7 @@ def test_compare_runner(tmp_path, tiny_flags, capsys):
     assert compare_main(flags) == 0
     table = [row for row in (out / "comparison.md").read_text().splitlines() if row.startswith("|")]
     assert [row.split("|")[1].strip() for row in table[2:]] == ["standard", "sat"]
-    assert " ± " in table[2] and "2 seed(s) (0, 1)" in (out / "comparison.md").read_text()
+    assert " ± " in table[2] and "2 seeds (0, 1): mean ± 95% t-interval" in (out / "comparison.md").read_text()
     assert {p.name for p in (out / "sat").iterdir()} == {"seed0", "seed1"}
     assert (out / "frontier.png").stat().st_size > 1000
     stamp = (out / "sat" / "seed1" / "summary.json").stat().st_mtime_ns
