@@ -21,6 +21,7 @@ of the same steps.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -165,8 +166,7 @@ CLAIMS = [  # the paper's claims: (claim, left student, right student, "better" 
 def verdict(a: float, b: float, n_a: int, n_b: int, kind: str) -> str:
     """``a − b`` in points with its verdict: beyond the 95% margin of a difference of two
     independent accuracies (normal approximation), or within it."""
-    pa, pb = a / 100, b / 100
-    margin = 100 * 1.96 * (pa * (1 - pa) / max(n_a, 1) + pb * (1 - pb) / max(n_b, 1)) ** 0.5
+    margin = math.hypot(half_width(n_a, a / 100), half_width(n_b, b / 100))
     d = a - b
     if kind == "better":
         word = "holds" if d > margin else "reversed" if d < -margin else f"unresolved (±{margin:.1f})"
@@ -197,9 +197,10 @@ def claims(students: dict[str, dict], tests: dict[str, dict]) -> str:
             "(for ≥: not below it), *reversed*: beyond it the other way.\n\n" + "\n".join(lines))
 
 
-def half_width(n: int) -> float:
-    """Largest 95% half-width of an accuracy measured on n images (normal approximation, p = 0.5), points."""
-    return 100 * 1.96 * (0.25 / max(n, 1)) ** 0.5
+def half_width(n: int, p: float = 0.5) -> float:
+    """95% half-width, in points, of an accuracy p measured on n images (normal approximation); at the
+    default p = 0.5, the largest for any accuracy."""
+    return 100 * 1.96 * (p * (1 - p) / max(n, 1)) ** 0.5
 
 
 def table(students: dict[str, dict], tests: dict[str, dict]) -> str:
