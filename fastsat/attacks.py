@@ -132,23 +132,54 @@ class StoredMapAttack(Attack):
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 AA_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
+AA_IMPLS = ("pyautoattack", "torchattacks")
+EOT_ITER = 20  # AutoAttack's rand version: gradients averaged over 20 draws of the model's randomness
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose gradient is made contiguous NCHW: a channels_last model returns channels_last
+    input gradients, on which both AutoAttack implementations call ``.view()``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class AttackView(torch.nn.Module):
+    """``model`` as third-party attacks need it: contiguous NCHW inputs and input gradients, whatever
+    memory format the model computes in."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(_ContiguousGrad.apply(x))
 
 
 @dataclass
 class AutoAttack(Attack):
-    """AutoAttack (Croce & Hein 2020) from torchattacks' components, with the original's settings:
-    each attack runs on the samples the previous ones left correct (per-sample worst case).
+    """AutoAttack (Croce & Hein 2020): each attack runs on the samples the previous ones left
+    correct (per-sample worst case).
 
-    ``standard``: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), 100
-    iterations each, as fra31/auto-attack; torchattacks' own ``AutoAttack`` class builds the same
-    list with 10 iterations (``steps=10`` reproduces it exactly). ``rand``: APGD-CE and APGD-DLR with
-    20-sample EOT, for randomised models. Or any tuple of ``AA_ATTACKS``."""
+    ``impl="pyautoattack"`` (default): the reference implementation (fra31/auto-attack, packaged as
+    pyautoattack), ``standard`` = APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000
+    queries), 100 iterations each; ``rand`` = APGD-CE and APGD-DLR with 20-sample EOT, for randomised
+    models. ``impl="torchattacks"``: the same list built from torchattacks' components (its own
+    ``AutoAttack`` class uses 10 iterations: ``steps=10`` reproduces it). Or any tuple of
+    ``AA_ATTACKS``. ``steps`` / ``queries`` below the original's are a cheaper, weaker attack, stated
+    in every report."""
     eps: float = 8 / 255
     version: str = "standard"
     n_classes: int = 10
     steps: int = 100
     queries: int = 5000
     seed: int = 0
+    impl: str = "pyautoattack"
 
     def components(self) -> tuple:
         names = AA_VERSIONS.get(self.version) or tuple(a for a in self.version.split(",") if a)
@@ -156,28 +187,84 @@ class AutoAttack(Attack):
         if unknown or not names:
             raise ValueError(f"AutoAttack version {self.version!r}: expected standard, rand or a list of "
                              f"{', '.join(AA_ATTACKS)}")
+        if self.impl not in AA_IMPLS:
+            raise ValueError(f"AutoAttack implementation {self.impl!r}: expected one of {', '.join(AA_IMPLS)}")
         return names
 
-    def _build(self, model, name):
-        try:
-            import torchattacks as ta
-        except ImportError:
-            raise InputError("AutoAttack needs torchattacks (scripts/install.sh installs it; "
-                             "or pip install --no-deps torchattacks==3.5.1), or --eval-aa none") from None
-
-        eot = 20 if self.version == "rand" else 1
-        common = {"eps": self.eps, "norm": "Linf", "seed": self.seed}
-        if name in ("apgd-ce", "apgd-dlr"):
-            return ta.APGD(model, steps=self.steps, loss=name[5:], eot_iter=eot, n_restarts=1, **common)
-        if name == "apgd-t":
-            return ta.APGDT(model, steps=self.steps, n_classes=self.n_classes, n_restarts=1, **common)
-        if name == "fab-t":
-            return ta.FAB(model, steps=self.steps, multi_targeted=True, n_classes=self.n_classes, n_restarts=1,
-                          **common)
-        return ta.Square(model, n_queries=self.queries, n_restarts=1, **common)
-
     def perturb(self, model, x, y, generator=None):
-        from torchattacks import MultiAttack
+        view, x = AttackView(model), x.contiguous()
+        if self.impl == "torchattacks":
+            return self._torchattacks(view, x, y)
+        return self._reference(view, x, y)
 
-        attacks = [self._build(model, name) for name in self.components()]
-        return MultiAttack(attacks)(x, y) if len(attacks) > 1 else attacks[0](x, y)
+    def _reference(self, model, x, y):
+        aa = reference_autoattack(model, self.eps, self.seed, x.device, self.version, self.components())
+        targets = max(1, min(9, self.n_classes - 1))
+        aa.apgd.n_iter = aa.apgd_targeted.n_iter = aa.fab.n_iter = self.steps
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = targets
+        aa.square.n_queries = self.queries
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
+        return x_adv
+
+    def _torchattacks(self, model, x, y):
+        require_impl("torchattacks")
+        import torchattacks as ta
+
+        eot = EOT_ITER if self.version == "rand" else 1
+        common = {"eps": self.eps, "norm": "Linf", "seed": self.seed}
+        build = {
+            "apgd-ce": lambda: ta.APGD(model, steps=self.steps, loss="ce", eot_iter=eot, n_restarts=1, **common),
+            "apgd-dlr": lambda: ta.APGD(model, steps=self.steps, loss="dlr", eot_iter=eot, n_restarts=1, **common),
+            "apgd-t": lambda: ta.APGDT(model, steps=self.steps, n_classes=self.n_classes, n_restarts=1, **common),
+            "fab-t": lambda: ta.FAB(model, steps=self.steps, multi_targeted=True, n_classes=self.n_classes,
+                                    n_restarts=1, **common),
+            "square": lambda: ta.Square(model, n_queries=self.queries, n_restarts=1, **common),
+        }
+        attacks = [build[name]() for name in self.components()]
+        return ta.MultiAttack(attacks)(x, y) if len(attacks) > 1 else attacks[0](x, y)
+
+
+def reference_autoattack(model, eps: float, seed: int, device, version: str, attacks: tuple):
+    """pyautoattack's ``AutoAttack`` (the packaged fra31/auto-attack), quiet: its own ``standard`` /
+    ``rand`` settings, or ``attacks`` with the standard version's restarts (one each)."""
+    import logging
+
+    require_impl("pyautoattack")
+    from pyautoattack import AutoAttack as Reference
+
+    logging.getLogger("auto-attack").setLevel(logging.ERROR)  # its own checks: fastsat runs stricter ones
+    common = {"device": device, "eps": eps, "norm": "Linf", "seed": seed}
+    if version in AA_VERSIONS:
+        aa = Reference(model, version=version, **common)
+    else:
+        aa = Reference(model, attacks=list(attacks), version="custom", **common)
+        aa.apgd.n_restarts = aa.fab.n_restarts = 1
+    aa.verbose = False
+    return aa
+
+
+INSTALL = {"pyautoattack": "pip install pyautoattack==0.2.0",
+           "torchattacks": "pip install --no-deps torchattacks==3.5.1"}
+
+
+def require_impl(impl: str) -> None:
+    """A one-line error, before any work, when the AutoAttack implementation is not installed."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(impl) is not None
+    except ValueError:  # in sys.modules as None: imports of it fail
+        found = False
+    if not found:
+        raise InputError(f"AutoAttack by {impl} needs the package {impl} (scripts/install.sh installs it; or "
+                         f"{INSTALL[impl]}), or another --eval-aa-impl, or --eval-aa none")
+
+
+def aa_package(impl: str) -> str:
+    """The package and version that computed an AutoAttack row, for reports."""
+    try:
+        from importlib.metadata import version
+
+        return f"{impl} {version(impl)}"
+    except Exception:  # noqa: BLE001 - not installed: the run would have failed before reporting
+        return f"{impl} (version unknown)"

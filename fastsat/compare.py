@@ -5,6 +5,12 @@
 Each method is trained once per seed (OUT/<method>/seed<k>/; finished runs are skipped unless
 --overwrite, so a comparison can be completed across sittings); OUT/comparison.{md,json} give mean
 ± 95% t-interval per cell, OUT/frontier.png the cost–robustness frontier with error bars.
+A finished run is reused only if every setting that affects training or evaluation and each
+beton's content hash equal the request; otherwise compare refuses, naming what differs
+(--overwrite replaces the run, --beside trains a fresh one next to it).
+
+Exit codes: 0 done; 2 bad input (one ``error:`` line); 3 done, but a gradient-masking check failed
+for some run (its cells are marked "masked"; --no-fail-on-masking exits 0); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -12,16 +18,20 @@ import sys
 from pathlib import Path
 
 from .config import build_parser, config_from_args
-from .errors import InputError, run_cli
+from .errors import InputError, masked_exit, run_cli
 from .methods import METHODS
 
 
 def parser():
     ap = build_parser("python -m fastsat.compare", __doc__.split("\n\n")[0],
-                      epilog="methods: " + METHODS.help() + ".")
+                      epilog="methods: " + METHODS.help() + ".\n\n" + __doc__.split("\n\n")[-1])
     ap.add_argument("--methods", default="standard,noise,sat,fgsm_rs", help="comma-separated training methods")
     ap.add_argument("--seeds", type=int, default=1, help="runs per method, seeds --seed, --seed + 1, ...")
-    ap.add_argument("--frontier-eps", default=None, help="ε (1/255) of the frontier plot (default: largest eval ε)")
+    ap.add_argument("--frontier-eps", type=float, default=None,
+                    help="ε (1/255) of the frontier plot, one of --eval-eps (default: the largest)")
+    ap.add_argument("--beside", action="store_true",
+                    help="a method's folder holds a run made with other settings or data: train a fresh run next "
+                         "to it (folder name + a hash of the settings) instead of refusing")
     return ap
 
 
@@ -36,8 +46,9 @@ def main(argv=None) -> int:
             raise InputError("--methods names no method")
         for m in methods:
             METHODS.get(m)
-        eps = args.frontier_eps or f"{max(base.eval_eps):g}"
-        return compare(base, methods, args.seeds, Path(base.out), eps)
+        eps = args.frontier_eps if args.frontier_eps is not None else max(base.eval_eps)
+        table, summaries = compare(base, methods, args.seeds, Path(base.out), eps, beside=args.beside)
+        return table, masked_exit([s["robustness"] for s in summaries], base.fail_on_masking)
     return run_cli(body)
 
 

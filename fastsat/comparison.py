@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 import math
 import sys
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import TrainConfig, differing, role_names
 from .errors import InputError
 from .files import atomic_write_text
 from .methods import METHODS
@@ -45,6 +46,9 @@ def fmt(values: list[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if len(values) > 1 else "")
 
 
+MASKED = "(masked)"  # beside every robust number of a run that failed a gradient-masking check
+
+
 def cells(summaries: list[dict]) -> dict:
     """Per column, the values over seeds: clean, the headline row at each ε, time, images/s."""
     reports = [s["robustness"] for s in summaries]
@@ -57,22 +61,31 @@ def cells(summaries: list[dict]) -> dict:
     return out
 
 
+def masked_seeds(summaries: list[dict]) -> int:
+    """How many of a method's runs failed a gradient-masking check."""
+    return sum(bool(s["robustness"].get("masked")) for s in summaries)
+
+
 def side_by_side(by_method: dict[str, list[dict]]) -> str:
     first = cells(next(iter(by_method.values())))
     head = ["method", *first]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, summaries in by_method.items():
-        c = cells(summaries)
-        lines.append("| " + " | ".join([method] + [fmt(v, 0 if k in ("train s", "img/s") else 1)
-                                                   for k, v in c.items()]) + " |")
+        c, masked = cells(summaries), masked_seeds(summaries)
+        mark = f" {MASKED}" if masked == len(summaries) else f" ({masked} of {len(summaries)} masked)" if masked else ""
+        row = [fmt(v, 0 if k in ("train s", "img/s") else 1) + (mark if "ε=" in k else "") for k, v in c.items()]
+        lines.append("| " + " | ".join([method] + row) + " |")
     some = next(iter(by_method.values()))
     r = some[0]["robustness"]
     seeds = ", ".join(str(s["seed"]) for s in some)
     spread = (f"{len(some)} seeds ({seeds}): mean ± 95% t-interval across seeds" if len(some) > 1
               else f"one seed ({seeds}), so no interval across seeds")
+    aa = r["settings"].get("autoattack")
     lines += ["", f"{spread}. "
               f"n = {r['n']} test images; attacks and settings as in each run's robustness.md "
-              f"(protocol {r['settings']['protocol']})."]
+              f"(protocol {r['settings']['protocol']}"
+              + (f"; AutoAttack {aa['version']} by {aa['implementation']}" if aa else "") + "). "
+              f"{MASKED}: the run failed a gradient-masking check, so its robust accuracy is not a verdict."]
     return "\n".join(lines)
 
 
@@ -86,8 +99,10 @@ def frontier(by_method: dict[str, list[dict]], path: Path, eps: str, title: str)
         t, dt = mean_ci([s["train_seconds"] for s in summaries])
         acc, dacc = mean_ci([s["robustness"]["attacks"][row][eps] for s in summaries])
         color = "#dd8452" if METHODS.get(summaries[0]["method"]).needs_saliency else "#4c72b0"
-        ax.errorbar(t, acc, xerr=dt or None, yerr=dacc or None, fmt="o", color=color, capsize=3)
-        points[label] = (t, acc)
+        masked = masked_seeds(summaries) > 0  # hollow, crossed and labelled: no verdict
+        ax.errorbar(t, acc, xerr=dt or None, yerr=dacc or None, fmt="X" if masked else "o", color=color, capsize=3,
+                    mfc="none" if masked else color, ms=9 if masked else 6)
+        points[f"{label} {MASKED}" if masked else label] = (t, acc)
     xs, ys = [p[0] for p in points.values()], [p[1] for p in points.values()]
     x_span, y_span = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
     heights = spread_labels(list(points.values()), x_near=0.25 * x_span, y_gap=0.06 * y_span)
@@ -103,25 +118,62 @@ def frontier(by_method: dict[str, list[dict]], path: Path, eps: str, title: str)
     save(fig, path)
 
 
-def run_one(cfg: TrainConfig, progress: bool) -> dict:
-    """A finished run's summary, or the run trained (again, from scratch or its checkpoint)."""
+def run_one(cfg: TrainConfig, progress: bool, beside: bool = False) -> dict:
+    """A finished run's summary when it was made with exactly these settings and data; else the run
+    trained (from scratch, or continued from its checkpoint). A run in ``cfg.out`` made otherwise is
+    refused in one line listing what differs, or (``beside``) a fresh run goes next to it."""
     out = Path(cfg.out)
-    done = out / "summary.json"
-    if done.is_file() and not cfg.overwrite:
-        summary = json.loads(done.read_text())
-        if summary.get("method") == cfg.method and summary.get("seed") == cfg.seed:
-            return summary
-    if (out / "checkpoint.pt").is_file():
-        cfg = dataclasses.replace(cfg, resume=True, overwrite=False)
+    finished = (out / "summary.json").is_file()
+    if (out / "config.json").is_file() and not cfg.overwrite and (finished or (out / "checkpoint.pt").is_file()):
+        # a run that has not reached its report may still take other evaluation settings
+        diff = run_differences(out, cfg, ("run", "eval") if finished else ("run",))
+        if diff and beside:
+            return run_one(replace(cfg, out=str(out.with_name(f"{out.name}-{settings_hash(cfg)}"))), progress)
+        if diff:
+            raise InputError(f"{out} holds a run made with other settings ({'; '.join(diff)}): --overwrite replaces "
+                             f"it, --beside trains a fresh run next to it")
+        if finished:
+            return json.loads((out / "summary.json").read_text())
+        cfg = replace(cfg, resume=True)
     elif (out / "config.json").is_file():  # killed before its first checkpoint: nothing to keep
-        cfg = dataclasses.replace(cfg, overwrite=True)
+        cfg = replace(cfg, overwrite=True)
     return train(cfg, progress=progress)
 
 
-def compare(base: TrainConfig, methods: list[str], seeds: int, out: Path, frontier_eps: str,
-            progress: bool = True) -> str:
+def run_differences(out: Path, cfg: TrainConfig, roles: tuple) -> list[str]:
+    """What differs between the run in ``out`` and ``cfg``: settings of ``roles`` and beton contents."""
+    saved = json.loads((out / "config.json").read_text())
+    diff = [f"{k}: {was!r} → {now!r}" for k, (was, now) in differing(saved.get("config", {}), cfg, roles).items()]
+    for name, want in data_ids(cfg).items():
+        had = saved.get("data", {}).get(name)
+        if had != want:
+            diff.append(f"{name} beton content: {had or 'not recorded'} → {want}")
+    return diff
+
+
+def data_ids(cfg: TrainConfig) -> dict:
+    """The content hash of each beton of ``cfg`` (as recorded in a run's config.json)."""
+    from .beton import content_id, open_beton
+
+    return {"train": content_id(open_beton(cfg.train).manifest), "val": content_id(open_beton(cfg.val).manifest)}
+
+
+def settings_hash(cfg: TrainConfig) -> str:
+    """8 hex digits naming the settings and data that make a run's numbers."""
+    import hashlib
+
+    keys = role_names("run", "eval")
+    what = {k: v for k, v in dataclasses.asdict(cfg).items() if k in keys} | data_ids(cfg)
+    return hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=4).hexdigest()
+
+
+def compare(base: TrainConfig, methods: list[str], seeds: int, out: Path, frontier_eps: float,
+            progress: bool = True, beside: bool = False) -> tuple[str, list[dict]]:
+    """The table, and every run's summary."""
     if seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {seeds}")
+    if not any(math.isclose(frontier_eps, e) for e in base.eval_eps):
+        raise InputError(f"--frontier-eps {frontier_eps:g} is not one of --eval-eps {base.eval_eps}")
     by_method = {}
     for method in methods:
         by_method[method] = []
@@ -130,14 +182,11 @@ def compare(base: TrainConfig, methods: list[str], seeds: int, out: Path, fronti
             cfg = dataclasses.replace(base, method=method, seed=base.seed + k, out=str(folder)).validate()
             if progress:
                 print(f"== {method}, seed {cfg.seed}", file=sys.stderr)
-            by_method[method].append(run_one(cfg, progress))
-    report = by_method[methods[0]][0]["robustness"]
-    if frontier_eps not in report["attacks"][headline(report)]:
-        raise InputError(f"--frontier-eps {frontier_eps} is not in eval_eps {base.eval_eps}")
+            by_method[method].append(run_one(cfg, progress, beside))
     table = side_by_side(by_method)
     atomic_write_text(out / "comparison.md", table + "\n")
     atomic_write_text(out / "comparison.json", json.dumps(
         {m: [{k: v for k, v in s.items() if k != "table"} for s in ss] for m, ss in by_method.items()}, indent=1))
-    frontier(by_method, out / "frontier.png", frontier_eps,
+    frontier(by_method, out / "frontier.png", f"{frontier_eps:g}",
              f"cost vs robustness — {base.model} (width {base.width}), {Path(base.train).name}, {seeds} seed(s)")
-    return table
+    return table, [s for ss in by_method.values() for s in ss]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .attacks import AutoAttack
+from .attacks import AA_IMPLS, AutoAttack, require_impl
 from .errors import ArgumentParser, InputError
 from .kernels.spec import ALPHA, EPS0
 from .methods import METHODS
@@ -40,10 +40,16 @@ def between(lo, hi, lo_open=False, hi_open=False):
     return Rule(text, lambda v: (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
 
 
-def opt(default, help: str, *, rule: Optional[Rule] = None, choices: Optional[Callable[[], list]] = None):
-    """A config field: default, one-line help with its unit, valid range (lists: of each item), choices."""
+ROLES = ("run", "eval", "free")  # what a field affects: the training run, its evaluation, or no number at all
+
+
+def opt(default, help: str, *, rule: Optional[Rule] = None, choices: Optional[Callable[[], list]] = None,
+        role: str = "run"):
+    """A config field: default, one-line help with its unit, valid range (lists: of each item),
+    choices, and its role (see ``ROLES``)."""
+    assert role in ROLES, role
     kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(**kw, metadata={"help": help, "rule": rule, "choices": choices})
+    return field(**kw, metadata={"help": help, "rule": rule, "choices": choices, "role": role})
 
 
 @dataclass
@@ -53,9 +59,9 @@ class TrainConfig:
     val: str = opt("data/digits_test.beton", "test beton: final robustness report (never used to choose a model)")
     holdout: float = opt(0.1, "held-out part of the training beton for model selection: a fraction (< 1) "
                               "or a number of samples (seeded, class-stratified)", rule=above(0))
-    verify: bool = opt(False, "hash the betons against their manifests before use (slow for big files)")
+    verify: bool = opt(False, "hash the betons against their manifests before use (slow for big files)", role="free")
     gpu_resident: bool = opt(False, "hold the whole training beton on the device (small sets)")
-    workers: int = opt(2, "FFCV loader threads", rule=at_least(1))
+    workers: int = opt(2, "FFCV loader threads", rule=at_least(1), role="free")
     sal_field: str = opt("sal", "saliency field SAT reads", choices=lambda: ["sal", "sal2"])
     sal_mix: bool = opt(False, "per-sample coin between the fields sal and sal2 (paper Table 7)")
     flip: bool = opt(True, "random left-right flip, after the perturbation")
@@ -86,7 +92,7 @@ class TrainConfig:
                         choices=lambda: ["none", "cosine", "step"])
     amp: bool = opt(True, "float16 autocast + grad scaling on CUDA (ignored on CPU)")
     seed: int = opt(0, "model init, loader order, holdout split, every random draw", rule=at_least(0))
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", role="free")
     # model selection (on the holdout, every epoch)
     select: str = opt("auto", "checkpoint evaluated at the end: the epoch with the best holdout accuracy under PGD "
                               "(robust) or clean (clean), the method's own choice of the two (auto), or the last",
@@ -98,26 +104,31 @@ class TrainConfig:
     # evaluation (also python -m fastsat.evaluate)
     eval_protocol: str = opt("default", "default: PGD-20 + AutoAttack + white-box saliency + worst case + "
                                         "masking checks; paper: the paper's PGD-5/20/40, noise, TRADES, saliency",
-                             choices=lambda: ["default", "paper"])
-    eval_eps: list = opt([1, 2, 3, 4, 8], "attack ε list, in 1/255", rule=between(0, 255, lo_open=True))
-    eval_steps: list = opt([20], "PGD steps list (the paper protocol uses 5,20,40)", rule=at_least(1))
-    eval_noise: list = opt([8, 16, 32], "uniform-noise ε list, in 1/255", rule=between(0, 255, lo_open=True))
-    eval_step_size: float = opt(2.0, "PGD / TRADES attack step, in 1/255", rule=above(0))
+                             choices=lambda: ["default", "paper"], role="eval")
+    eval_eps: list = opt([1, 2, 3, 4, 8], "attack ε list, in 1/255", rule=between(0, 255, lo_open=True), role="eval")
+    eval_steps: list = opt([20], "PGD steps list (the paper protocol uses 5,20,40)", rule=at_least(1), role="eval")
+    eval_noise: list = opt([8, 16, 32], "uniform-noise ε list, in 1/255", rule=between(0, 255, lo_open=True), role="eval")
+    eval_step_size: float = opt(2.0, "PGD / TRADES attack step, in 1/255", rule=above(0), role="eval")
     eval_aa: str = opt("standard", "AutoAttack version (standard, rand), a list of its attacks (apgd-ce, "
-                                   "apgd-dlr, apgd-t, fab-t, square), or none")
+                                   "apgd-dlr, apgd-t, fab-t, square), or none", role="eval")
+    eval_aa_impl: str = opt("pyautoattack", "AutoAttack implementation: pyautoattack (the reference, packaged "
+                                             "fra31/auto-attack) or torchattacks (its components, run in sequence)",
+                            choices=lambda: list(AA_IMPLS), role="eval")
     eval_aa_steps: int = opt(100, "APGD / FAB iterations of AutoAttack (its original: 100; torchattacks' "
-                                  "AutoAttack class: 10)", rule=at_least(1))
-    eval_aa_queries: int = opt(5000, "Square queries of AutoAttack", rule=at_least(1))
+                                  "AutoAttack class: 10)", rule=at_least(1), role="eval")
+    eval_aa_queries: int = opt(5000, "Square queries of AutoAttack", rule=at_least(1), role="eval")
     eval_checks: bool = opt(True, "run the gradient-masking checks (default protocol; adds PGD-5/40, "
-                                  "PGD-100 at ε = 64/255 and a Square attack)")
+                                  "PGD-100 at ε = 64/255 and a Square attack)", role="eval")
+    fail_on_masking: bool = opt(True, "exit with code 3 when a gradient-masking check fails (the reports are "
+                                      "written either way, marked masked)", role="free")
     eval_limit: int = opt(0, "evaluate on a seeded, class-stratified sample of N test images (0: all)",
-                          rule=at_least(0))
+                          rule=at_least(0), role="eval")
     # bookkeeping
-    out: str = opt("runs/run", "output folder")
-    resume: bool = opt(False, "continue the run in --out from its last checkpoint")
-    overwrite: bool = opt(False, "replace the fastsat run in --out (kept until the new one has a checkpoint)")
+    out: str = opt("runs/run", "output folder", role="free")
+    resume: bool = opt(False, "continue the run in --out from its last checkpoint", role="free")
+    overwrite: bool = opt(False, "replace the fastsat run in --out (kept until the new one has a checkpoint)", role="free")
     allow_change: bool = opt(False, "with --resume: accept changed settings (recorded in config.json with "
-                                    "the epoch they took effect)")
+                                    "the epoch they took effect)", role="free")
 
     def validate(self) -> "TrainConfig":
         for f in dataclasses.fields(self):
@@ -129,10 +140,22 @@ class TrainConfig:
                 AutoAttack(version=self.eval_aa).components()
             except ValueError as e:
                 raise InputError(f"--eval-aa: {e}") from None
+            require_impl(self.eval_aa_impl)
         return self
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def role_names(*roles: str) -> set[str]:
+    """The fields of the given roles."""
+    return {n for n, f in FIELDS.items() if f.metadata["role"] in roles}
+
+
+def differing(saved: dict, cfg: TrainConfig, roles=("run", "eval")) -> dict:
+    """{key: (saved value, requested value)} for the fields of ``roles`` that differ."""
+    names = role_names(*roles)
+    return {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k in names and saved.get(k) != v}
 
 
 def flag(name: str) -> str:

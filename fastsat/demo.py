@@ -14,7 +14,7 @@ from pathlib import Path
 from .beton import open_beton, weak_map, write_beton
 from .comparison import compare
 from .config import build_parser, config_from_args
-from .errors import run_cli
+from .errors import masked_exit, run_cli
 from .writers import open_writer
 
 
@@ -42,7 +42,7 @@ DEMO = ["--model", "resnet10", "--width", "0.25", "--epochs", "15", "--batch-siz
         "--eval-eps", "2,4,8", "--eval-noise", "8,32", "--eval-aa", "apgd-ce,apgd-dlr", "--out", "runs/demo",
         "--overwrite"]
 METHODS = "standard,noise,sat,fgsm_rs"
-FRONTIER_EPS = "4"
+FRONTIER_EPS = 4.0
 
 
 def main(argv=None) -> int:
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
         paths = ensure_digits(args.data)
         args.train, args.val = args.train or str(paths["train"]), args.val or str(paths["test"])
         base = config_from_args(args)
-        return compare(base, METHODS.split(","), args.seeds, Path(base.out), FRONTIER_EPS)
+        table, summaries = compare(base, METHODS.split(","), args.seeds, Path(base.out), FRONTIER_EPS)
+        return table, masked_exit([s["robustness"] for s in summaries], base.fail_on_masking)
     return run_cli(body)
 
 

@@ -11,6 +11,9 @@ import sys
 from typing import Callable
 
 
+MASKED_EXIT = 3  # a verdict was written, but a gradient-masking check failed (--no-fail-on-masking: 0)
+
+
 class InputError(ValueError):
     """Bad user input (missing files, wrong layout, out-of-range flags): reported in one line."""
 
@@ -19,10 +22,11 @@ def run_cli(body: Callable[[], object]) -> int:
     """Run an entry point's ``body`` (flag parsing included); an InputError becomes ``error: …`` on
     stderr and exit code 2.
 
-    ``body`` returns text to print on success (or None). Nothing else is caught: a bug keeps its
-    traceback."""
+    ``body`` returns text to print on success (or None), or ``(text, exit code)``. Nothing else is
+    caught: a bug keeps its traceback."""
     try:
         text = body()
+        text, code = text if isinstance(text, tuple) else (text, 0)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -31,7 +35,16 @@ def run_cli(body: Callable[[], object]) -> int:
         return 130
     if text:
         print(text)
-    return 0
+    return code
+
+
+def masked_exit(reports: list[dict], fail: bool) -> int:
+    """``MASKED_EXIT`` (with a one-line warning) when any report failed a masking check and ``fail``."""
+    masked = [r for r in reports if r.get("masked")]
+    for r in masked:
+        print(f"warning: gradient masking suspected ({', '.join(r['failed_checks'])} failed): "
+              f"the robustness numbers of {r.get('title', 'this model')} are not a verdict", file=sys.stderr)
+    return MASKED_EXIT if masked and fail else 0
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -5,6 +5,9 @@
 Evaluation settings default to those the run was trained with; flags override them. A beton of
 another dataset or image shape than the model's training data is refused unless
 ``--allow-other-data`` (the report then says so).
+
+Exit codes: 0 done; 2 bad input (one ``error:`` line); 3 done, but a gradient-masking check failed
+(the reports say ``masked``; --no-fail-on-masking exits 0); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -13,18 +16,18 @@ import sys
 from pathlib import Path
 
 from .beton import open_beton
-from .config import FIELDS, add_fields, config_from_args
-from .errors import ArgumentParser, InputError, run_cli
+from .config import add_fields, config_from_args, role_names
+from .errors import ArgumentParser, InputError, masked_exit, run_cli
 from .robustness import eval_data, robustness, sample_indices, write_reports
 from .runs import load_checkpoint, pick_device
 
 
-EVAL_FIELDS = [n for n in FIELDS if n.startswith("eval_")] + ["seed", "device"]  # the run's config supplies the rest
+EVAL_FIELDS = role_names("eval") | {"seed", "device", "fail_on_masking"}  # the run's config supplies the rest
 
 
 def parser() -> ArgumentParser:
     ap = ArgumentParser(prog="python -m fastsat.evaluate", description=__doc__.split("\n\n")[0],
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                        epilog=__doc__.split("\n\n")[-1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt or best.pt of a run")
     ap.add_argument("--val", type=Path, help="beton to evaluate on (default: the run's test beton)")
     ap.add_argument("--out", type=Path, help="report folder (default: the checkpoint's folder)")
@@ -53,10 +56,12 @@ def evaluate(args) -> str:
     data = eval_data(info, sample_indices(info.labels, cfg.eval_limit, cfg.seed), device)
     report = robustness(ckpt["model"], data, cfg, trained["num_classes"])
     report["checkpoint"] = str(args.checkpoint)
+    report["title"] = f"{cfg.method} on {info.manifest['dataset']}/{info.manifest['split']}"
     if other:
         report["other_data"] = "; ".join(other)
     out = args.out or args.checkpoint.parent
-    return write_reports(report, out, f"{cfg.method} on {info.manifest['dataset']}/{info.manifest['split']}")
+    md = write_reports(report, out, report["title"])
+    return md, masked_exit([report], cfg.fail_on_masking)
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .beton import open_beton
-from .comparison import fmt, run_one, side_by_side
+from .comparison import MASKED, fmt, run_one, side_by_side
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
 from .files import Claim, atomic_write_text
@@ -161,40 +161,112 @@ CLAIMS = [  # the paper's claims: (claim, left student, right student, "better" 
     ("two maps mixed ≥ one map (paper Table 7)", "sat (GBP + box mixed)", "sat (adv-teacher GBP)", "not worse"),
     ("PGD-SAT ≥ PGD", "pgd_sat (adv-teacher GBP)", "pgd", "not worse"),
 ]
+NI_MARGIN = 1.0  # points: "≥" holds when the difference is shown to lie above −1 point (non-inferiority)
+ALPHA_FAMILY = 0.05  # family-wise error rate of one claims table (Holm over every test in it)
 
 
-def verdict(a: float, b: float, n_a: int, n_b: int, kind: str) -> str:
-    """``a − b`` in points with its verdict: beyond the 95% margin of a difference of two
-    independent accuracies (normal approximation), or within it."""
-    margin = math.hypot(half_width(n_a, a / 100), half_width(n_b, b / 100))
-    d = a - b
-    if kind == "better":
-        word = "holds" if d > margin else "reversed" if d < -margin else f"unresolved (±{margin:.1f})"
-    else:
-        word = "holds" if d >= -margin else "reversed"
-    return f"{d:+.1f} {word}"
+def results(summaries: dict[str, dict], tests: dict[str, dict]) -> dict:
+    """The numbers the claims are read from, per student: the default protocol's worst case (on its
+    sample) and the whole test set's PGD-5, with n, the masking verdict and the training time."""
+    return {label: {"train_seconds": s["train_seconds"], "masked": bool(s["robustness"].get("masked")),
+                    "worst case": {"n": s["robustness"]["n"], "acc": s["robustness"]["attacks"]["worst_case"]},
+                    "PGD-5": {"n": tests[label]["n"], "acc": tests[label]["attacks"]["pgd5"]}}
+            for label, s in summaries.items()}
 
 
-def claims(students: dict[str, dict], tests: dict[str, dict]) -> str:
-    """The paper's claims, each as a difference of accuracies under both gradings, with its cost."""
-    eps = sorted(next(iter(tests.values()))["attacks"]["pgd5"], key=float)
-    cols = [("PGD-5", e) for e in eps] + [("worst case", e) for e in eps]
-    head = ["claim"] + [f"{name} ε={e}/255" for name, e in cols] + ["train s, left / right"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def _normal_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def holm(pvalues: list[float], alpha: float = ALPHA_FAMILY) -> list[bool]:
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise level ``alpha``."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+@dataclass
+class Cell:
+    """One claim at one grading and ε: the difference left − right (points), its standard error,
+    and the two one-sided tests (the claim; its opposite)."""
+    d: float
+    se: float
+    kind: str
+    masked: bool
+    verdict: str = "unresolved"
+
+    def pvalues(self) -> tuple[float, float]:
+        """One-sided p of "holds" (d > 0, or d > −margin for ≥) and of its opposite, normal approximation."""
+        shift = 0.0 if self.kind == "better" else -NI_MARGIN
+        z = (self.d - shift) / max(self.se, 1e-12)
+        return _normal_sf(z), _normal_sf(-z)
+
+    def text(self) -> str:
+        if self.masked:
+            return f"{self.d:+.1f} masked: no verdict"
+        return f"{self.d:+.1f} {self.verdict}" + (f" (±{1.96 * self.se:.1f})" if self.verdict == "unresolved" else "")
+
+
+def claim_cells(res: dict) -> dict[str, dict[tuple[str, str], Cell]]:
+    """Every claim's cells, decided together: Holm over the two one-sided tests of every unmasked cell."""
+    table = {}
     for claim, left, right, kind in CLAIMS:
-        if left not in students or right not in students:
+        if left not in res or right not in res:
             continue
-        cells = []
-        for name, e in cols:
-            a, b = ((tests[x]["attacks"]["pgd5"][e], tests[x]["n"]) if name == "PGD-5" else
-                    (students[x]["robustness"]["attacks"]["worst_case"][e], students[x]["robustness"]["n"])
-                    for x in (left, right))
-            cells.append(verdict(a[0], b[0], a[1], b[1], kind))
-        t_left, t_right = students[left]["train_seconds"], students[right]["train_seconds"]
-        cost = f"{t_left:.0f} / {t_right:.0f} ({t_left / max(t_right, 1e-9):.2f}×)"
-        lines.append("| " + " | ".join([claim] + cells + [cost]) + " |")
-    return ("Differences left − right in accuracy points; *holds*: beyond the 95% margin of the difference "
-            "(for ≥: not below it), *reversed*: beyond it the other way.\n\n" + "\n".join(lines))
+        row = {}
+        for grading in ("PGD-5", "worst case"):
+            a, b = res[left][grading], res[right][grading]
+            for e in sorted(a["acc"], key=float):
+                pa, pb = a["acc"][e] / 100, b["acc"][e] / 100
+                se = 100 * math.hypot(math.sqrt(pa * (1 - pa) / a["n"]), math.sqrt(pb * (1 - pb) / b["n"]))
+                row[(grading, e)] = Cell(100 * (pa - pb), se, kind, res[left]["masked"] or res[right]["masked"])
+        table[claim] = row
+    live = [c for row in table.values() for c in row.values() if not c.masked]
+    decided = holm([p for c in live for p in c.pvalues()])
+    for c, (yes, no) in zip(live, zip(decided[::2], decided[1::2])):
+        c.verdict = "holds" if yes else ("reversed" if c.kind == "better" else "refuted") if no else "unresolved"
+    return table
+
+
+def claims(res: dict) -> str:
+    """The paper's claims as a table of differences with verdicts, then the reading of each claim."""
+    table = claim_cells(res)
+    if not table:
+        return "No claim can be read: a student it compares is missing."
+    cols = list(next(iter(table.values())))
+    head = ["claim"] + [f"{g} ε={e}/255" for g, e in cols] + ["train s, left / right"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for claim, left, right, _ in CLAIMS:
+        if claim in table:
+            t_left, t_right = res[left]["train_seconds"], res[right]["train_seconds"]
+            cost = f"{t_left:.0f} / {t_right:.0f} ({t_left / max(t_right, 1e-9):.2f}×)"
+            lines.append("| " + " | ".join([claim] + [table[claim][c].text() for c in cols] + [cost]) + " |")
+    n_tests = 2 * sum(not c.masked for row in table.values() for c in row.values())
+    note = (f"Differences left − right in accuracy points. Each cell is two one-sided tests (normal approximation "
+            f"of two independent accuracies): *holds* — for >, the difference is above 0; for ≥, above −{NI_MARGIN:g} "
+            f"point (non-inferiority margin); *reversed* / *refuted* — the opposite; *unresolved* — neither "
+            f"(± the unadjusted 95% half-width). Holm's correction over all {n_tests} tests of this table, family-wise "
+            f"α = {ALPHA_FAMILY:g}; a cell of a student that failed a masking check gets no verdict.")
+    return note + "\n\n" + "\n".join(lines) + "\n\n" + reading(table)
+
+
+def reading(table: dict[str, dict]) -> str:
+    """One sentence per claim that says what its cells say, and no more."""
+    out = []
+    for claim, row in table.items():
+        by_word: dict[str, list[str]] = {}
+        for (grading, e), c in row.items():
+            by_word.setdefault("masked (no verdict)" if c.masked else c.verdict, []).append(f"{grading} {e}/255")
+        if len(by_word) == 1:
+            out.append(f"- **{claim}**: {next(iter(by_word))} in every cell.")
+        else:
+            out.append(f"- **{claim}**: " + "; ".join(f"{w} at {', '.join(where)}" for w, where in by_word.items())
+                       + ".")
+    return "\n".join(out)
 
 
 def half_width(n: int, p: float = 0.5) -> float:
@@ -212,7 +284,9 @@ def table(students: dict[str, dict], tests: dict[str, dict]) -> str:
     head = ["method", "clean"] + [f"PGD-5 ε={e}/255" for e in eps]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in tests.items():
-        lines.append("| " + " | ".join([label, fmt([r["clean"]])] + [fmt([r["attacks"]["pgd5"][e]]) for e in eps]) + " |")
+        mark = f" {MASKED}" if students[label]["robustness"].get("masked") else ""
+        lines.append("| " + " | ".join([label, fmt([r["clean"]])] + [fmt([r["attacks"]["pgd5"][e]]) + mark
+                                                                      for e in eps]) + " |")
     return (f"Default protocol on a stratified sample of n = {n_default} test images (95% interval of one "
             f"accuracy: at most ± {half_width(n_default):.1f} points):\n\n{main}\n\n"
             f"Clean and PGD-5 (step 2/255, random start; the paper's attack) on n = {first['n']} test images "
@@ -260,7 +334,9 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
         tests = {label: full_test(Path(c.out), c, FULL_TEST[args.budget]) for label, c in students.items()}
         from .comparison import frontier
 
-        text = table(summaries, tests) + "\n\nThe paper's claims on this data:\n\n" + claims(summaries, tests)
+        res = results(summaries, tests)
+        atomic_write_text(out / "results.json", json.dumps(res, indent=1))
+        text = table(summaries, tests) + "\n\nThe paper's claims on this data:\n\n" + claims(res)
         frontier({label: [s] for label, s in summaries.items()}, out / "frontier.png", f"{max(base.eval_eps):g}",
                  f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}")
         atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"

@@ -8,19 +8,22 @@ Writes OUT/config.json, OUT/metrics.jsonl (a line per epoch, with holdout clean 
 OUT/checkpoint.pt (every epoch, atomically; --resume continues from it exactly), OUT/best.pt (the
 epoch with the best holdout PGD accuracy), then OUT/robustness.{json,md,png} and OUT/summary.json
 for the selected checkpoint on the test beton.
+
+Exit codes: 0 done; 2 bad input (one ``error:`` line); 3 done, but a gradient-masking check failed
+(the reports say ``masked``; --no-fail-on-masking exits 0); 130 interrupted.
 """
 from __future__ import annotations
 
 import sys
 
 from .config import build_parser, config_from_args
-from .errors import run_cli
+from .errors import masked_exit, run_cli
 from .methods import METHODS
 
 
 def parser():
     return build_parser("python -m fastsat.train", __doc__.split("\n\n")[0],
-                        epilog="methods: " + METHODS.help() + ".")
+                        epilog="methods: " + METHODS.help() + ".\n\n" + __doc__.split("\n\n")[-1])
 
 
 def main(argv=None) -> int:
@@ -28,8 +31,9 @@ def main(argv=None) -> int:
         args = parser().parse_args(argv)
         from .trainer import train  # timm (and with it Triton) loads only once the flags are good
 
-        summary = train(config_from_args(args))
-        return summary.get("table")
+        cfg = config_from_args(args)
+        summary = train(cfg)
+        return summary.get("table"), masked_exit([summary.get("robustness", {})], cfg.fail_on_masking)
     return run_cli(body)
 
 

@@ -26,7 +26,7 @@ import torch
 
 from .attacks import PGD
 from .beton import BetonInfo, content_id, open_beton
-from .config import TrainConfig, provenance
+from .config import TrainConfig, differing, provenance
 from .data import make_batches
 from .errors import InputError
 from .files import atomic_write_text
@@ -38,10 +38,6 @@ from .robustness import EvalData, correct_under, eval_data, robustness, sample_i
 from .runs import (BEST, CHECKPOINT, RUN_KIND, RunFolder, load_checkpoint, pick_device, rank_world, recover,
                    save_checkpoint)
 from .subsets import holdout_split, per_class
-
-# settings that may differ on --resume without --allow-change: they do not touch the training itself
-RESUME_FREE = {"out", "resume", "overwrite", "allow_change", "device", "workers", "verify"}
-
 
 @dataclass
 class Run:
@@ -188,9 +184,9 @@ def _resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
     state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
     if state["identity"] != identity:
         raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
-    old = state["config"]
-    free = RESUME_FREE | {k for k in old if k.startswith("eval_")} | ({"epochs"} if cfg.schedule == "none" else set())
-    changed = {k: (old.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k not in free and old.get(k) != v}
+    changed = differing(state["config"], cfg, roles=("run",))  # evaluation and bookkeeping may change
+    if cfg.schedule == "none":  # a constant learning rate: more epochs continue the same run
+        changed.pop("epochs", None)
     if changed and not cfg.allow_change:
         raise InputError("--resume: " + ", ".join(f"{k} is {new!r} but the run in {out} used {was!r}"
                                                   for k, (was, new) in changed.items())
@@ -231,7 +227,8 @@ def _write_config(run: Run, hold_idx: np.ndarray) -> None:
     run.folder.claim()
     holdout = {"n": len(hold_idx), "per_class": per_class(run.info.labels, hold_idx), "indices": hold_idx.tolist(),
                "checked_each_epoch": len(run.holdout.y)}
-    atomic_write_text(path, json.dumps({"kind": RUN_KIND, "config": dataclasses.asdict(run.cfg),
+    data = {"train": content_id(run.info.manifest), "val": content_id(run.val_info.manifest)}
+    atomic_write_text(path, json.dumps({"kind": RUN_KIND, "config": dataclasses.asdict(run.cfg), "data": data,
                                         "holdout": holdout, **provenance()}, indent=1))
     (run.out / "metrics.jsonl").unlink(missing_ok=True)
 
@@ -356,8 +353,10 @@ def final_report(run: Run, stats: dict, best: dict) -> dict:
     report["selected"] = {"checkpoint": which, "epoch": ckpt["epoch"] - 1,
                           "by": f"holdout {criterion(cfg)} accuracy" if which == BEST else "last epoch"}
     title = f"{cfg.method}, {cfg.model} (width {cfg.width}), {run.info.manifest['dataset']}"
+    report["title"] = title
     table = write_reports(report, run.out, title)
-    summary = {"method": cfg.method, "seed": cfg.seed, "train_seconds": stats["train_seconds"],
+    summary = {"method": cfg.method, "seed": cfg.seed, "masked": report["masked"],
+               "train_seconds": stats["train_seconds"],
                "images_per_s": stats["images"] / stats["train_seconds"], "selected": report["selected"],
                "sparsity": measured_sparsity(run.model), "robustness": report}
     atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))

@@ -10,8 +10,11 @@ ALPHA = 0.6 ** (1 / 10)  # Eq. 9 decay: P(random) = α^t, 0.6 after 10 epochs
 EPS0 = 8 / 255  # Algorithm 1 step ε₀, pixel space [0, 1]
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (run seed, rank, epoch, step, ...): blake2b of their decimal
-    forms, so nearby inputs give unrelated seeds. Every per-step draw of the project uses it."""
-    digest = hashlib.blake2b("/".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from integers (run seed, rank, epoch, step, ...) and purpose names ("eval",
+    an attack's name, ...): blake2b of their text forms, so nearby inputs give unrelated seeds and
+    a stream named by its purpose does not move when another stream is added. Every per-step draw
+    of the project uses it."""
+    text = "/".join(p if isinstance(p, str) else str(int(p)) for p in parts)
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1

@@ -138,12 +138,65 @@ def test_reproduce_quick_end_to_end(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
 
 
-def test_claim_verdicts():
-    """A difference counts only beyond the 95% margin of two accuracies on n images each."""
-    from fastsat.reproduce import verdict
+def _res(acc: dict, n: int = 500, masked=()) -> dict:
+    """Claims input: per student one accuracy (%) at ε 8 under both gradings."""
+    return {k: {"train_seconds": 1.0, "masked": k in masked, "PGD-5": {"n": n, "acc": {"8": v}},
+                "worst case": {"n": n, "acc": {"8": v}}} for k, v in acc.items()}
 
-    assert verdict(55.0, 50.0, 10_000, 10_000, "better") == "+5.0 holds"  # margin ≈ 1.4 points
-    assert verdict(55.0, 50.0, 100, 100, "better") == "+5.0 unresolved (±13.8)"  # 196·√((.2475 + .25) / 100)
-    assert verdict(45.0, 50.0, 10_000, 10_000, "better") == "-5.0 reversed"
-    assert verdict(48.0, 50.0, 500, 500, "not worse") == "-2.0 holds"  # margin ≈ 6.2 points
-    assert verdict(40.0, 50.0, 500, 500, "not worse") == "-10.0 reversed"
+
+def test_claim_verdicts_non_inferiority_and_holm():
+    """> holds only above 0, ≥ only above −1 point (non-inferiority), after Holm over the whole table."""
+    from fastsat.reproduce import claim_cells, holm
+
+    assert holm([0.01, 0.04, 0.03, 0.5]) == [True, False, False, False]  # 0.01 ≤ .05/4; 0.03 > .05/3 stops
+    assert holm([0.001, 0.012, 0.02]) == [True, True, True]
+    big = _res({"sat (weak map)": 55.0, "noise": 50.0}, n=10_000)
+    assert claim_cells(big)["SAT > noise (silhouette map)"][("PGD-5", "8")].verdict == "holds"
+    small = _res({"sat (weak map)": 55.0, "noise": 50.0}, n=100)
+    assert claim_cells(small)["SAT > noise (silhouette map)"][("PGD-5", "8")].verdict == "unresolved"
+    rev = _res({"sat (weak map)": 45.0, "noise": 50.0}, n=10_000)
+    assert claim_cells(rev)["SAT > noise (silhouette map)"][("PGD-5", "8")].verdict == "reversed"
+    # ≥ with a 1-point margin: −2 points on 500 images is not shown ≥ (it used to "hold")
+    ni = _res({"pgd_sat (adv-teacher GBP)": 48.0, "pgd": 50.0})
+    assert claim_cells(ni)["PGD-SAT ≥ PGD"][("PGD-5", "8")].verdict == "unresolved"
+    ni = _res({"pgd_sat (adv-teacher GBP)": 80.0, "pgd": 80.0}, n=100_000)
+    assert claim_cells(ni)["PGD-SAT ≥ PGD"][("PGD-5", "8")].verdict == "holds"
+    ni = _res({"pgd_sat (adv-teacher GBP)": 75.0, "pgd": 80.0}, n=100_000)
+    assert claim_cells(ni)["PGD-SAT ≥ PGD"][("PGD-5", "8")].verdict == "refuted"
+    masked = _res({"sat (weak map)": 90.0, "noise": 50.0}, n=10_000, masked={"sat (weak map)"})
+    cell = claim_cells(masked)["SAT > noise (silhouette map)"][("PGD-5", "8")]
+    assert cell.masked and cell.text().endswith("masked: no verdict")
+
+
+def test_holm_makes_a_borderline_cell_unresolved_in_a_larger_table():
+    """The same difference holds alone, but not among many tests (the family-wise correction)."""
+    from fastsat.reproduce import claim_cells
+
+    pair = {"sat (weak map)": 53.4, "noise": 50.0}  # z ≈ 2.4 on 2,500 images each: p ≈ 0.008 one-sided
+    alone = claim_cells(_res(pair, n=2500))
+    assert alone["SAT > noise (silhouette map)"][("PGD-5", "8")].verdict == "holds"
+    crowd = claim_cells(_res({**pair, "standard": 20.0, "sat (adv-teacher GBP)": 30.0}, n=2500))
+    assert crowd["SAT > noise (silhouette map)"][("PGD-5", "8")].verdict == "unresolved"
+
+
+def test_reading_says_no_more_than_the_cells():
+    from fastsat.reproduce import claim_cells, reading
+
+    res = _res({"sat (weak map)": 55.0, "noise": 50.0, "standard": 49.5}, n=10_000)
+    text = reading(claim_cells(res))
+    assert "**SAT > noise (silhouette map)**: holds in every cell." in text
+    assert "**noise > standard**: unresolved in every cell." in text
+
+
+def test_committed_claims_are_generated_from_the_committed_numbers():
+    """docs/fm/table.md's claims and the README's reading of them are what the numbers give."""
+    import json
+
+    from fastsat.reproduce import claim_cells, claims, reading
+
+    root = Path(__file__).resolve().parents[1]
+    res = json.loads((root / "docs/fm/results.json").read_text())
+    assert claims(res) in (root / "docs/fm/table.md").read_text()
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- claims:fm -->\n")[1].split("\n<!-- /claims:fm -->")[0]
+    assert block == reading(claim_cells(res))
