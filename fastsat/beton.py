@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -185,6 +186,7 @@ def _ffcv_write(path: Path, fields: dict, dataset, page_size: int, workers: int,
         interrupted.append(True)  # swallowed there ("Exception ignored in ... _releaseLock")
         raise KeyboardInterrupt
 
+    _quiet_writers(True)
     previous = signal.signal(signal.SIGUSR1, raise_died) if main else None
     previous_int = signal.signal(signal.SIGINT, interrupt) if main else None
     watchdog = threading.Thread(target=watch, daemon=True)
@@ -207,6 +209,7 @@ def _ffcv_write(path: Path, fields: dict, dataset, page_size: int, workers: int,
                 pass
         raise
     finally:
+        _quiet_writers(False)
         done.set()
         watchdog.join(5) if watchdog.is_alive() else None
         if main:
@@ -214,6 +217,24 @@ def _ffcv_write(path: Path, fields: dict, dataset, page_size: int, workers: int,
             signal.signal(signal.SIGINT, previous_int)
     if failed:
         raise_died()
+
+
+_QUIET = {"on": False, "hooked": False}
+
+
+def _quiet_writers(on: bool) -> None:
+    """While FFCV forks its writers, each child's stderr goes to /dev/null: a writer that fails
+    (full disk) would print its own traceback before this process's one ``error:`` line. Its exit
+    code still reaches the watchdog, and sample read errors are recorded by ``_Samples``."""
+    def child():
+        if _QUIET["on"]:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+    if not _QUIET["hooked"]:
+        os.register_at_fork(after_in_child=child)
+        _QUIET["hooked"] = True
+    _QUIET["on"] = on
 
 
 def _drop_queues() -> None:
@@ -312,6 +333,9 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
             man_tmp.write_text(json.dumps(manifest, indent=1))
         except OSError as e:
             raise InputError(f"could not write {manifest_path(out)}: {e.strerror or e}; nothing was written") from None
+        # the old manifest goes first: a kill between the renames leaves a beton without a manifest
+        # (refused on open), never a new beton beside the old manifest
+        manifest_path(out).unlink(missing_ok=True)
         os.replace(tmp, out)
         os.replace(man_tmp, manifest_path(out))
     finally:
@@ -385,6 +409,46 @@ def _check_header(path: Path, manifest: dict, name_for_errors: Path) -> BetonRea
     return reader
 
 
+def _is_int(v, lo=0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _is_numbers(v, n: int, positive: bool = False) -> bool:
+    return (isinstance(v, list) and len(v) == n and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+        for x in v))
+
+
+def check_manifest(m, mpath: Path) -> None:
+    """Every key a reader uses, with its type and shape; a one-line BetonError naming the first
+    that is wrong."""
+    def bad(what):
+        raise BetonError(f"{mpath}: damaged manifest ({what})")
+    if not isinstance(m, dict) or m.get("format") != FORMAT or m.get("format_version") not in READ_VERSIONS:
+        raise BetonError(f"{mpath}: not a {FORMAT} manifest of version {READ_VERSIONS}")
+    shape = m.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v, 1) for v in shape)):
+        bad(f"image_shape {shape!r} is not [H, W, C]")
+    for key in ("file_size", "num_samples"):
+        if not _is_int(m.get(key)):
+            bad(f"{key} {m.get(key)!r} is not a count")
+    if not _is_int(m.get("num_classes"), 1):
+        bad(f"num_classes {m.get('num_classes')!r}")
+    for key in ("dataset", "split"):
+        if not isinstance(m.get(key), str):
+            bad(f"{key} is not a string")
+    if not (isinstance(m.get("fields"), list) and all(isinstance(f, str) for f in m["fields"])):
+        bad("fields is not a list of names")
+    if not _is_numbers(m.get("mean"), shape[2]) or not _is_numbers(m.get("std"), shape[2], positive=True):
+        bad(f"mean / std must be {shape[2]} finite numbers, std > 0")
+    sal = m.get("saliency")
+    if not isinstance(sal, dict) or not all(isinstance(v, dict) and v.get("granularity") in bitlayout.GRANULARITIES
+                                            for v in sal.values()):
+        bad(f"saliency must map fields to a granularity of {bitlayout.GRANULARITIES}")
+    if not isinstance(m.get("content_blake2b", m.get("blake2b")), str):
+        bad("no content hash")
+
+
 def open_beton(path: Path, verify: bool = False) -> BetonInfo:
     """Validate a beton against its manifest (size, header, fields, shapes, count; the content hash
     too with ``verify``) and return what loaders need. Any mismatch: one-line BetonError."""
@@ -396,10 +460,9 @@ def open_beton(path: Path, verify: bool = False) -> BetonInfo:
         raise BetonError(f"{path}: manifest {mpath.name} is missing")
     try:
         manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BetonError(f"{mpath}: not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READ_VERSIONS:
-        raise BetonError(f"{mpath}: not a {FORMAT} manifest of version {READ_VERSIONS}")
+    check_manifest(manifest, mpath)
     size = path.stat().st_size
     if size != manifest["file_size"]:
         raise BetonError(f"{path}: {size} bytes but the manifest says {manifest['file_size']} (truncated or replaced?)")

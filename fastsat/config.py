@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +63,9 @@ class TrainConfig:
                               "or a number of samples (seeded, class-stratified)", rule=above(0))
     verify: bool = opt(False, "hash the betons against their manifests before use (slow for big files)", role="free")
     gpu_resident: bool = opt(False, "hold the whole training beton on the device (small sets)")
-    workers: int = opt(2, "FFCV loader threads", rule=at_least(1), role="free")
+    workers: int = opt(2, "FFCV loader threads, at most the machine's cores",
+                       rule=Rule(f"in [1, {os.cpu_count() or 1}] (the machine's cores)",
+                                 lambda v: 1 <= v <= (os.cpu_count() or 1)), role="free")
     sal_field: str = opt("sal", "saliency field SAT reads", choices=lambda: ["sal", "sal2"])
     sal_mix: bool = opt(False, "per-sample coin between the fields sal and sal2 (paper Table 7)")
     flip: bool = opt(True, "random left-right flip, after the perturbation")
@@ -127,6 +131,8 @@ class TrainConfig:
     out: str = opt("runs/run", "output folder", role="free")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint", role="free")
     overwrite: bool = opt(False, "replace the fastsat run in --out (kept until the new one has a checkpoint)", role="free")
+    allow_other_data: bool = opt(False, "grade on a test beton of another dataset than the training data "
+                                        "(same classes and image shape; the report says so)", role="free")
     allow_change: bool = opt(False, "with --resume: accept changed settings (recorded in config.json with "
                                     "the epoch they took effect)", role="free")
 
@@ -179,6 +185,10 @@ def check_value(f: dataclasses.Field, value) -> None:
     if kind is list and not value:
         raise InputError(f"{flag(f.name)}: needs at least one value")
     for v in value if kind is list else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InputError(f"{flag(f.name)} must be a finite number, got {v!r}")
+        if isinstance(v, int) and not isinstance(v, bool) and not -2 ** 63 <= v < 2 ** 63:
+            raise InputError(f"{flag(f.name)} must fit in 64 bits, got {v}")
         if rule is not None and not rule.ok(v):
             raise InputError(f"{flag(f.name)} must be {rule.text}, got {v!r}")
     if choices is not None and value not in choices():
@@ -264,15 +274,16 @@ def config_from_args(args, base: Optional[dict] = None, names=None) -> TrainConf
 
 
 def provenance() -> dict:
-    """Library versions and the git commit, saved beside every config."""
+    """Library versions (as strings: checkpoints hold plain data) and the git commit, saved beside
+    every config."""
     import numpy
     import timm
     import torch
 
-    info = {"torch": torch.__version__, "timm": timm.__version__, "numpy": numpy.__version__}
-    for name in ("triton", "ffcv", "torchattacks"):
+    info = {"torch": str(torch.__version__), "timm": str(timm.__version__), "numpy": str(numpy.__version__)}
+    for name in ("triton", "ffcv", "torchattacks", "pyautoattack"):
         try:
-            info[name] = getattr(__import__(name), "__version__", "unknown")
+            info[name] = str(getattr(__import__(name), "__version__", "unknown"))
         except ImportError:
             pass
     try:

@@ -19,10 +19,10 @@ from .beton import open_beton
 from .config import add_fields, config_from_args, role_names
 from .errors import ArgumentParser, InputError, masked_exit, run_cli
 from .robustness import eval_data, robustness, sample_indices, write_reports
-from .runs import load_checkpoint, pick_device
+from .runs import load_checkpoint, other_data, pick_device
 
 
-EVAL_FIELDS = role_names("eval") | {"seed", "device", "fail_on_masking"}  # the run's config supplies the rest
+EVAL_FIELDS = role_names("eval") | {"seed", "device", "fail_on_masking", "allow_other_data"}  # the run's config supplies the rest
 
 
 def parser() -> ArgumentParser:
@@ -31,8 +31,6 @@ def parser() -> ArgumentParser:
     ap.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt or best.pt of a run")
     ap.add_argument("--val", type=Path, help="beton to evaluate on (default: the run's test beton)")
     ap.add_argument("--out", type=Path, help="report folder (default: the checkpoint's folder)")
-    ap.add_argument("--allow-other-data", action="store_true",
-                    help="evaluate on a beton of another dataset / image shape than the training data")
     add_fields(ap, EVAL_FIELDS)
     return ap
 
@@ -41,25 +39,21 @@ def evaluate(args) -> str:
     device = pick_device(args.device or "auto")
     ckpt = load_checkpoint(args.checkpoint, device)
     cfg = config_from_args(args, base=ckpt["config"], names=EVAL_FIELDS)
+    out = args.out or args.checkpoint.parent
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
     info = open_beton(args.val or cfg.val)
     trained = ckpt["model_args"]
     if info.num_classes != trained["num_classes"]:
         raise InputError(f"{info.path} has {info.num_classes} classes but the checkpoint's model has "
                          f"{trained['num_classes']}")
-    other = []
-    if info.manifest["dataset"] != ckpt["identity"]["dataset"]:
-        other.append(f"dataset {info.manifest['dataset']}, trained on {ckpt['identity']['dataset']}")
-    if "image_shape" in trained and list(info.image_shape) != list(trained["image_shape"]):
-        other.append(f"images {info.image_shape}, trained on {tuple(trained['image_shape'])}")
-    if other and not args.allow_other_data:
-        raise InputError(f"{info.path}: {'; '.join(other)} (--allow-other-data to evaluate anyway)")
+    other = other_data(info, ckpt["identity"]["dataset"], trained["image_shape"], cfg.allow_other_data)
     data = eval_data(info, sample_indices(info.labels, cfg.eval_limit, cfg.seed), device)
     report = robustness(ckpt["model"], data, cfg, trained["num_classes"])
     report["checkpoint"] = str(args.checkpoint)
     report["title"] = f"{cfg.method} on {info.manifest['dataset']}/{info.manifest['split']}"
     if other:
         report["other_data"] = "; ".join(other)
-    out = args.out or args.checkpoint.parent
     md = write_reports(report, out, report["title"])
     return md, masked_exit([report], cfg.fail_on_masking)
 

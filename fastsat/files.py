@@ -90,3 +90,23 @@ class Claim:
             self.lock.unlink(missing_ok=True)  # (a process that still got this inode re-checks
             os.close(self.fd)  # whether the work is done before doing it: see Claim's users)
             self.fd = None
+
+
+class Locked:
+    """``with Locked(path):`` waits for, then holds, an advisory ``flock`` on ``.NAME.lock`` (kept on
+    disk, so every waiter locks the same inode): read-modify-write of a file shared by processes."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        self.lock, self.fd = path.with_name(f".{path.name}.lock"), None
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.lock, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)  # closing drops the lock
+        self.fd = None

@@ -15,11 +15,16 @@ def subplots(*args, **kwargs):
 
 
 def save(fig, path: Path, dpi: int = 120) -> None:
+    """Atomically, like every output: a reader sees the old picture or the new one."""
     import matplotlib.pyplot as plt
 
+    from .files import atomic_write
+
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
 
 
 def spread_labels(points: list[tuple[float, float]], x_near: float, y_gap: float) -> list[float]:

@@ -39,6 +39,7 @@ INT, RGB, NDARRAY = 1, 2, 4
 META = {INT: np.dtype("<i8"), NDARRAY: np.dtype("<u8"),
         RGB: np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])}
 RAW = 1
+MAX_FIELDS = 64  # far above any beton fastsat writes; a larger count is a damaged header
 CHUNK = 1 << 22  # bytes gathered per numpy fancy-index call (bounds the index array's memory)
 
 
@@ -61,8 +62,15 @@ class BetonReader:
             raise ReaderError(f"{path}: beton format version {header['version']}, this reader knows {VERSION}")
         self.num_samples, nfields = int(header["num_samples"]), int(header["num_fields"])
         end = HEADER.itemsize + nfields * FIELD_DESC.itemsize
+        if not 1 <= nfields <= MAX_FIELDS or end > len(self.mm):
+            raise ReaderError(f"{path}: damaged header ({nfields} fields)")
         descs = self.mm[HEADER.itemsize:end].view(FIELD_DESC)
-        self.names = [bytes(d["name"]).split(b"\0")[0].decode("ascii") for d in descs]
+        raw_names = [bytes(d["name"]) for d in descs]
+        self.names = [b.split(b"\0")[0].decode("ascii", "replace") for b in raw_names]
+        if any(not b.isascii() or b.rstrip(b"\0").count(b"\0") for b in raw_names):  # ffcv decodes all 16 bytes
+            raise ReaderError(f"{path}: damaged field table (a field name is not NUL-padded ASCII)")
+        if len(set(self.names)) != len(self.names) or not all(self.names):
+            raise ReaderError(f"{path}: damaged field table (empty or repeated field names {self.names})")
         self.kinds = {n: int(d["type_id"]) for n, d in zip(self.names, descs)}
         unknown = [n for n, k in self.kinds.items() if k not in META]
         if unknown:
@@ -74,16 +82,26 @@ class BetonReader:
             raise ReaderError(f"{path}: truncated (metadata runs past the end of the file)")
         self.metadata = self.mm[end:stop].view(meta_type)
         self._check_data()
+        self._check_allocations(int(header["page_size"]), int(header["alloc_table_ptr"]), stop)
 
     def _ndarray_shape(self, desc) -> tuple[int, ...]:
         args = desc["arguments"]
         head = args[:NDARRAY_ARGS.itemsize].view(NDARRAY_ARGS)[0]
-        descr = json.loads(bytes(args[NDARRAY_ARGS.itemsize:][:int(head["type_length"])]).decode("ascii"))
-        if np.dtype([tuple(x) for x in descr])["f0"] != np.uint8:
+        length = int(head["type_length"])
+        try:
+            if length > len(args) - NDARRAY_ARGS.itemsize:
+                raise ValueError(length)
+            descr = json.loads(bytes(args[NDARRAY_ARGS.itemsize:][:length]).decode("ascii"))
+            dtype = np.dtype([tuple(x) for x in descr])["f0"]
+        except (ValueError, TypeError, IndexError, UnicodeDecodeError):
+            raise ReaderError(f"{self.path}: damaged field table (an array field's dtype)") from None
+        if dtype != np.uint8:
             raise ReaderError(f"{self.path}: array fields must be uint8")
         shape = [int(s) for s in head["shape"]]
         while shape and shape[-1] == 0:
             shape.pop()
+        if not shape or 0 in shape or np.prod(shape, dtype=object) > len(self.mm):
+            raise ReaderError(f"{self.path}: damaged field table (array shape {shape})")
         return tuple(shape)
 
     def _check_data(self) -> None:
@@ -91,11 +109,41 @@ class BetonReader:
             size = self.nbytes(name)
             if size is None:
                 continue
-            ptr = self._ptrs(name)
-            if len(ptr) and int(ptr.max()) + size > len(self.mm):
-                raise ReaderError(f"{self.path}: truncated (field {name} points past the end of the file)")
-            if self.kinds[name] == RGB and len(ptr) and not (self.metadata[name]["mode"] == RAW).all():
+            if self.kinds[name] == RGB and self.num_samples and not (self.metadata[name]["mode"] == RAW).all():
                 raise ReaderError(f"{self.path}: JPEG images; this reader reads raw images only")
+            ptr = self._ptrs(name)
+            if len(ptr) and (int(ptr.min()) < 0 or int(ptr.max()) + size > len(self.mm)):
+                raise ReaderError(f"{self.path}: truncated or damaged (field {name} points outside the file)")
+
+    def _check_allocations(self, page_size: int, table_ptr: int, data_start: int) -> None:
+        """The allocation table ffcv's loaders index without bounds checks: inside the file, every
+        allocation in the data pages of one page, none overlapping, each sample's data pointer
+        an allocation of that sample of the field's size."""
+        where = f"{self.path}: damaged allocation table"
+        if page_size <= 0 or page_size & (page_size - 1):
+            raise ReaderError(f"{self.path}: damaged header (page size {page_size} is not a power of two)")
+        if not data_start <= table_ptr <= len(self.mm) or (len(self.mm) - table_ptr) % ALLOC.itemsize:
+            raise ReaderError(f"{where} (at {table_ptr} in a file of {len(self.mm)} bytes)")
+        table = self.mm[table_ptr:].view(ALLOC)
+        if (table["ptr"] >= table_ptr).any() or (table["size"] > table_ptr).any():
+            raise ReaderError(f"{where} (an allocation outside the data pages)")
+        ids, ptrs, sizes = (np.asarray(table[k], dtype=np.int64) for k in ("sample_id", "ptr", "size"))
+        order = np.argsort(ptrs, kind="stable")
+        ids, ptrs, sizes = ids[order], ptrs[order], sizes[order]
+        last = ptrs + np.maximum(sizes, 1) - 1
+        if ((table["sample_id"] >= self.num_samples).any() or (ptrs < data_start).any()
+                or (ptrs + sizes > table_ptr).any() or (ptrs // page_size != last // page_size).any()
+                or (ptrs[1:] < ptrs[:-1] + sizes[:-1]).any()):
+            raise ReaderError(f"{where} (allocations out of range, across pages or overlapping)")
+        for name in self.names:
+            size = self.nbytes(name)
+            if not size:
+                continue
+            want = self._ptrs(name)
+            at = np.minimum(np.searchsorted(ptrs, want), max(len(ptrs) - 1, 0))
+            if len(want) and (not len(ptrs) or (ptrs[at] != want).any() or (sizes[at] != size).any()
+                              or (ids[at] != np.arange(self.num_samples)).any()):
+                raise ReaderError(f"{where} (field {name}'s data is not where the table says)")
 
     def image_hw(self, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
         """Per-sample heights and widths of an RGB image field."""

@@ -37,8 +37,8 @@ from .beton import open_beton
 from .comparison import MASKED, fmt, run_one, side_by_side
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
-from .files import Claim, atomic_write_text
-from .write_beton import main as write_main
+from .files import Claim, Locked, atomic_write_text
+from . import write_beton
 
 BUDGETS = {  # TrainConfig settings per budget (the model and epochs every run shares)
     "quick": {"model": "resnet10", "width": 0.125, "epochs": 1, "batch_size": 64, "lr": 2e-3, "pad": 2,
@@ -98,11 +98,12 @@ class Steps:
             "settings": BUDGETS[args.budget], "steps": {}}
 
     def done(self, name: str, seconds: float) -> None:
-        if self.record_path.is_file():  # other processes' steps too
-            self.record["steps"] = json.loads(self.record_path.read_text())["steps"]
-        self.record["steps"][name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                      "pid": os.getpid(), "threads": torch.get_num_threads()}
-        atomic_write_text(self.record_path, json.dumps(self.record, indent=1))
+        with Locked(self.record_path):  # several processes record their steps in one file
+            if self.record_path.is_file():  # other processes' steps too
+                self.record["steps"] = json.loads(self.record_path.read_text())["steps"]
+            self.record["steps"][name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                          "pid": os.getpid(), "threads": torch.get_num_threads()}
+            atomic_write_text(self.record_path, json.dumps(self.record, indent=1))
 
     def path(self, name: str, split: str = "train") -> Path:
         """Where beton ``name`` (``base``: the dataset's own, with its weak map) of ``split`` lives."""
@@ -117,10 +118,9 @@ class Steps:
         path.parent.mkdir(parents=True, exist_ok=True)
         teacher_flags = [str(self.out / "teachers" / f / TEACHERS[f][1]) if f in TEACHERS else f for f in flags]
         root = ["--root", str(self.args.root)] if self.args.root else []
-        rc = write_main(["--dataset", self.args.dataset, *root, "--split", split, "--out", str(path),
-                         "--device", self.args.device, *teacher_flags])
-        if rc != 0:
-            raise InputError(f"writing {path} failed (see above)")
+        write_beton.write(write_beton.parser().parse_args(
+            ["--dataset", self.args.dataset, *root, "--split", split, "--out", str(path), "--device",
+             self.args.device, *teacher_flags]))  # its errors (and Ctrl-C) reach reproduce's one error line
         self.done(f"beton {path.name}", time.perf_counter() - t0)
         return path
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,21 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def other_data(info, dataset: str, image_shape, allowed: bool) -> list[str]:
+    """How a test beton differs from the data a model was trained on (dataset, image shape); refused
+    in one line unless ``allowed`` (then the report says so). An empty beton is always refused."""
+    if not info.num_samples:
+        raise InputError(f"{info.path} has no samples to evaluate")
+    other = []
+    if info.manifest["dataset"] != dataset:
+        other.append(f"dataset {info.manifest['dataset']}, trained on {dataset}")
+    if list(info.image_shape) != list(image_shape):
+        other.append(f"images {info.image_shape}, trained on {tuple(image_shape)}")
+    if other and not allowed:
+        raise InputError(f"{info.path}: {'; '.join(other)} (--allow-other-data to grade on it anyway)")
+    return other
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomically: a reader (or a resume after kill -9) sees the old checkpoint or the new one. A
     failed write (full disk) leaves the old one and no temporary, and ends the run in one line."""
@@ -59,27 +75,38 @@ def model_from_args(args: dict) -> torch.nn.Module:
     return build_model(args["name"], args["num_classes"], args["mean"], args["std"], args.get("width", 1.0))
 
 
-def load_checkpoint(path: Path, device) -> dict:
-    """A checkpoint with its model rebuilt (``ckpt['model']``, eval mode), for evaluation or saliency."""
-    if not Path(path).is_file():
+def read_checkpoint(path: Path, device="cpu") -> dict:
+    """A checkpoint's data, never code: ``torch.load(weights_only=True)`` unpickles tensors, numbers,
+    strings and containers only, so a file whose pickle would call anything is refused in one line
+    (nothing of it runs)."""
+    path = Path(path)
+    if not path.is_file():
         raise InputError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        if not ckpt.get("model_args"):
-            ckpt["model_args"] = _legacy_model_args(ckpt)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if "Unpickler error" in line] or str(e).splitlines()
+        why = lines[0].split(" was not an allowed global")[0]
+        raise InputError(f"{path}: refused — it holds more than data (objects a checkpoint never needs; "
+                         f"loading it could run code): {why}") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}) — truncated or damaged?") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_state"), dict):
+        raise InputError(f"{path}: not a fastsat checkpoint (no model_state)")
+    return ckpt
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint with its model rebuilt (``ckpt['model']``, eval mode), for evaluation or saliency."""
+    ckpt = read_checkpoint(path, device)
+    try:
         model = model_from_args(ckpt["model_args"])
         model.load_state_dict(ckpt["model_state"])
     except Exception as e:  # noqa: BLE001 - any unpickling / mismatch failure is a bad file
         raise InputError(f"{path}: not a fastsat checkpoint ({type(e).__name__}: {e})") from None
     ckpt["model"] = model.to(device).to(memory_format=torch.channels_last).eval()
     return ckpt
-
-
-def _legacy_model_args(ckpt: dict) -> dict:
-    """Checkpoints written before ``model_args`` existed kept the model in the training config."""
-    cfg = ckpt["config"]
-    return {"name": cfg["model"], "width": cfg["width"], "num_classes": ckpt["num_classes"],
-            "mean": ckpt["mean"], "std": ckpt["std"]}
 
 
 def _is_run(folder: Path) -> bool:

@@ -285,6 +285,8 @@ def main(argv=None) -> int:
             SALIENCY.get(m)
         if args.n < 1:
             raise InputError(f"--n must be >= 1, got {args.n}")
+        if args.out.suffix.lower() != ".png" or not args.out.parent.is_dir() or args.out.is_dir():
+            raise InputError(f"--out {args.out}: expected a .png file in an existing folder")
         info = open_beton(args.beton)
         ckpt = load_checkpoint(args.teacher, torch.device("cpu"))
         if ckpt["model_args"]["num_classes"] != info.num_classes:

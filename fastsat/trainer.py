@@ -35,8 +35,8 @@ from .methods import METHODS, mix_saliency, train_step
 from .models import build_model
 from .pruning import apply_masks, magnitude_masks, measured_sparsity
 from .robustness import EvalData, correct_under, eval_data, robustness, sample_indices, write_reports
-from .runs import (BEST, CHECKPOINT, RUN_KIND, RunFolder, load_checkpoint, pick_device, rank_world, recover,
-                   save_checkpoint)
+from .runs import (BEST, CHECKPOINT, RUN_KIND, RunFolder, load_checkpoint, other_data, pick_device, rank_world,
+                   read_checkpoint, recover, save_checkpoint)
 from .subsets import holdout_split, per_class
 
 @dataclass
@@ -100,6 +100,9 @@ def setup(cfg: TrainConfig, progress: bool = True) -> Run:
     if (val_info.num_classes, val_info.image_shape) != (info.num_classes, info.image_shape):
         raise InputError(f"{cfg.val} ({val_info.num_classes} classes, {val_info.image_shape}) does not match "
                          f"{cfg.train} ({info.num_classes} classes, {info.image_shape})")
+    other_data(val_info, info.manifest["dataset"], info.image_shape, cfg.allow_other_data)
+    if cfg.pad >= min(info.image_shape[:2]):
+        raise InputError(f"--pad {cfg.pad} must be below the image side ({min(info.image_shape[:2])} pixels)")
     fields, granularity = _saliency_fields(cfg, info)
     identity = {"dataset": info.manifest["dataset"], "content": content_id(info.manifest)}
     train_idx, hold_idx = holdout_split(info.labels, cfg.holdout, cfg.seed)
@@ -181,7 +184,7 @@ def _resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
     """The checkpoint to continue from, checked: same data, same settings (or --allow-change)."""
     if not (out / CHECKPOINT).is_file():
         raise InputError(f"--resume: no {CHECKPOINT} in {out}")
-    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    state = read_checkpoint(out / CHECKPOINT)
     if state["identity"] != identity:
         raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
     changed = differing(state["config"], cfg, roles=("run",))  # evaluation and bookkeeping may change
@@ -264,6 +267,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step whose loss is not finite
     seen, mix_gen = 0, torch.Generator(device=device)
     t0 = time.perf_counter()
     batches = tqdm(run.batches.epoch(epoch), total=len(run.batches), desc=f"epoch {epoch}",
@@ -278,9 +282,14 @@ def train_epoch(run: Run, epoch: int) -> dict:
         loss_sum += loss * len(y)
         correct += ok
         seen += len(y)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)  # no sync
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
+    if first_bad.item() >= 0:
+        kept = f"{CHECKPOINT} and {BEST} keep epoch {epoch - 1}" if epoch else "no checkpoint was written"
+        raise InputError(f"epoch {epoch}, step {first_bad.item()}: the training loss is not finite (learning rate "
+                         f"or another setting too large?); training stopped, {kept}")
     line = {"epoch": epoch, "lr": lr, "loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
             "epoch_seconds": seconds, "images": seen * run.world, "images_per_s": seen * run.world / seconds,
             "p_random": cfg.sat_alpha ** epoch}
@@ -354,6 +363,9 @@ def final_report(run: Run, stats: dict, best: dict) -> dict:
                           "by": f"holdout {criterion(cfg)} accuracy" if which == BEST else "last epoch"}
     title = f"{cfg.method}, {cfg.model} (width {cfg.width}), {run.info.manifest['dataset']}"
     report["title"] = title
+    other = other_data(run.val_info, run.info.manifest["dataset"], run.info.image_shape, allowed=True)
+    if other:
+        report["other_data"] = "; ".join(other)
     table = write_reports(report, run.out, title)
     summary = {"method": cfg.method, "seed": cfg.seed, "masked": report["masked"],
                "train_seconds": stats["train_seconds"],

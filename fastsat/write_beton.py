@@ -11,6 +11,7 @@ different granularity are both stored per element, so a per-sample coin can pick
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,8 @@ def write(args):
         raise InputError(f"output folder {args.out.parent} does not exist")
     if args.sal_batch < 1:
         raise InputError(f"--sal-batch must be >= 1, got {args.sal_batch}")
+    if args.workers != -1 and not 1 <= args.workers <= (os.cpu_count() or 1):
+        raise InputError(f"--workers must be -1 (all cores) or in [1, {os.cpu_count() or 1}], got {args.workers}")
     samples = open_writer(args.dataset, args.split, **{k: getattr(args, k) for k in OPTIONS})
     source = samples.source
     plan = _plan(args, layout, source)

@@ -1,0 +1,290 @@
+"""Files from someone else: checkpoints whose pickle would run code, betons damaged anywhere in
+their structure (on both loaders), manifests of the wrong shape, and flags at their limits.
+Every case ends in one ``error:`` line and exit code 2 — nothing runs that should not, nothing
+crashes, nothing is written."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastsat.beton import manifest_path, open_beton
+from fastsat.errors import InputError
+from fastsat.evaluate import main as evaluate_main
+from fastsat.reader import ALLOC, FIELD_DESC, HEADER
+from fastsat.saliency import main as saliency_main
+from fastsat.train import main as train_main
+from fastsat.write_beton import main as write_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Payload:
+    """Unpickling this calls ``os.system`` (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def one_error_line(capsys, *words) -> str:
+    """The command's one ``error:`` line (progress bars aside), with no traceback."""
+    text = capsys.readouterr().err
+    err = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in text, text[-3000:]
+    assert all(w in err[0] for w in words), (words, err[0])
+    return err[0]
+
+
+@pytest.fixture
+def evil(tmp_path, trained):
+    """A genuine checkpoint with one extra entry that runs a command on load; the marker it would make."""
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(trained[3] / "checkpoint.pt", weights_only=True)
+    ckpt["extra"] = Payload(marker)
+    path = tmp_path / "evil.pt"
+    torch.save(ckpt, path)
+    return path, marker
+
+
+def test_a_malicious_checkpoint_runs_nowhere(evil, trained, tiny_flags, digits, tmp_path, capsys):
+    path, marker = evil
+    calls = {
+        "evaluate": lambda: evaluate_main(["--checkpoint", str(path), "--out", str(tmp_path / "ev")]),
+        "train --init": lambda: train_main([*tiny_flags, "--epochs", "1", "--init", str(path),
+                                            "--out", str(tmp_path / "init")]),
+        "write_beton --teacher": lambda: write_main(["--dataset", "digits", "--split", "test", "--out",
+                                                     str(tmp_path / "t.beton"), "--saliency", "gbp",
+                                                     "--teacher", str(path)]),
+        "saliency --teacher": lambda: saliency_main(["--teacher", str(path), "--beton", str(digits["test"]),
+                                                     "--out", str(tmp_path / "g.png")]),
+    }
+    for name, call in calls.items():
+        assert call() == 2, name
+        one_error_line(capsys, "refused", "more than data")
+        assert not marker.exists(), f"{name} ran the checkpoint's code"
+    # --resume: the run folder's own checkpoint.pt replaced by the malicious one
+    run = tmp_path / "run"
+    shutil.copytree(trained[3], run)
+    shutil.copy(path, run / "checkpoint.pt")
+    assert train_main([*tiny_flags, "--epochs", "9", "--out", str(run), "--resume"]) == 2
+    one_error_line(capsys, "refused")
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_on_resume_is_one_line(trained, tiny_flags, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained[3], run)
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    assert train_main([*tiny_flags, "--epochs", "9", "--out", str(run), "--resume"]) == 2
+    one_error_line(capsys, "checkpoint.pt", "truncated or damaged")
+
+
+# --- damaged betons ----------------------------------------------------------------------------
+
+def structure(path: Path) -> dict[str, tuple[int, int]]:
+    """Byte ranges of a beton's header, field table, metadata and allocation table."""
+    raw = np.fromfile(path, np.uint8)
+    header = raw[:HEADER.itemsize].view(HEADER)[0]
+    fields_end = HEADER.itemsize + int(header["num_fields"]) * FIELD_DESC.itemsize
+    return {"header": (0, HEADER.itemsize), "fields": (HEADER.itemsize, fields_end),
+            "alloc": (int(header["alloc_table_ptr"]), len(raw))}
+
+
+def mutations(path: Path, n: int, seed: int = 0):
+    """(label, mutated bytes, manifest edits) — byte flips and overwrites in the structural parts,
+    truncations with a matching manifest size, and values chosen to mislead (huge, negative)."""
+    rng = np.random.default_rng(seed)
+    raw = np.fromfile(path, np.uint8)
+    parts = structure(path)
+    for i in range(n):
+        part = ["header", "fields", "alloc"][i % 3]
+        lo, hi = parts[part]
+        data = raw.copy()
+        kind = rng.integers(4)
+        if kind == 0:  # random bytes flipped
+            at = rng.integers(lo, hi, size=rng.integers(1, 8))
+            data[at] ^= rng.integers(1, 256, size=len(at)).astype(np.uint8)
+        elif kind == 1:  # an 8-byte word set to a misleading value
+            at = lo + 8 * rng.integers(0, max((hi - lo) // 8, 1))
+            values = [2 ** 64 - 1, 2 ** 63, 2 ** 64 - 200, len(raw) * 4, 0, 2 ** 32]
+            value = values[rng.integers(len(values))]
+            data[at:at + 8] = np.frombuffer(np.uint64(value).tobytes(), np.uint8)
+        elif kind == 2:  # truncated, the manifest saying so
+            data = data[: rng.integers(1, len(raw))]
+        else:  # a field name byte / header word set to 0xff
+            at = rng.integers(lo, min(hi, lo + 64))
+            data[at] = 0xFF
+        yield f"{part}-{i}-{kind}", data
+
+
+@pytest.mark.slow
+def test_damaged_betons_are_refused_in_one_line_and_never_crash_a_loader(digits, tmp_path):
+    """300 seeded mutations of the header, field table and allocation table: each is refused by the
+    open (BetonError, one line) or, if it changed nothing structural, loads through ffcv's Loader
+    in a child process — none may segfault, hang or raise anything else."""
+    src = Path(digits["test"])
+    manifest = json.loads(manifest_path(src).read_text())
+    survivors = []
+    for label, data in mutations(src, 300):
+        path = tmp_path / f"{label}.beton"
+        data.tofile(path)
+        manifest_path(path).write_text(json.dumps({**manifest, "file_size": len(data)}))
+        try:
+            open_beton(path)
+        except InputError as e:
+            assert "\n" not in str(e), label
+            path.unlink()
+            manifest_path(path).unlink()
+            continue
+        survivors.append(str(path))
+    refused = 300 - len(survivors)
+    assert refused > 200, refused  # most structural changes are caught on open (padding bytes are not structure)
+    code = ("import sys, torch; from fastsat.beton import open_beton; from fastsat.data import FFCVBatches\n"
+            "for p in sys.argv[1:]:\n"
+            "    batches = FFCVBatches(open_beton(p), ['sal'], batch_size=64, workers=1, device=torch.device('cpu'),"
+            " train=False, seed=0)\n"
+            "    for batch in batches.epoch(0):\n"
+            "        pass\n"
+            "print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code, *survivors], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.pop("file_size"), lambda m: m.pop("num_samples"), lambda m: m.pop("saliency"),
+    lambda m: m.pop("mean"), lambda m: m.update(image_shape=[[32, 32], 3]), lambda m: m.update(mean="grey"),
+    lambda m: m.update(mean=[0.5]), lambda m: m.update(std=[0, 0, 0]),
+    lambda m: m.update(saliency={"sal": {"granularity": "voxel"}}), lambda m: m.update(num_classes="10"),
+], ids=["no-file_size", "no-num_samples", "no-saliency", "no-mean", "2d-shape", "mean-str", "mean-len",
+        "std-zero", "granularity", "classes-str"])
+def test_damaged_manifests_are_one_line(digits, tmp_path, edit):
+    path = tmp_path / "x.beton"
+    shutil.copy(digits["test"], path)
+    m = json.loads(manifest_path(digits["test"]).read_text())
+    edit(m)
+    manifest_path(path).write_text(json.dumps(m))
+    with pytest.raises(InputError) as e:
+        open_beton(path)
+    assert "damaged manifest" in str(e.value) or "not a fastsat-beton" in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "null", "\"x\"", "{\"format\": 1}"])
+def test_manifests_that_are_not_tables(digits, tmp_path, text):
+    path = tmp_path / "x.beton"
+    shutil.copy(digits["test"], path)
+    manifest_path(path).write_text(text)
+    with pytest.raises(InputError, match="not a fastsat-beton manifest"):
+        open_beton(path)
+
+
+def _word(data: np.ndarray, at: int, value: int, dtype="<u8") -> None:
+    data[at:at + np.dtype(dtype).itemsize] = np.frombuffer(np.array(value, dtype).tobytes(), np.uint8)
+
+
+def _named_damage(raw: np.ndarray, parts: dict, name: str) -> np.ndarray:
+    """The damaged files reported against the FFCV path, by name."""
+    data, (alloc, end) = raw.copy(), parts["alloc"]
+    rng = np.random.default_rng(1)
+    meta = parts["fields"][1] + 5  # sample 0's image data_ptr (packed: mode u1, width u2, height u2, data_ptr u8)
+    if name == "alloc-500-flips":
+        at = rng.integers(alloc, end, 500)
+        data[at] ^= rng.integers(1, 256, 500).astype(np.uint8)
+    elif name == "alloc-cut":
+        data = data[: alloc + (end - alloc) // 2 + 5]
+    elif name == "alloc-ptr-huge":
+        _word(data, 16, 2 ** 62)
+    elif name == "page-size-0":
+        _word(data, 4, 0, "<u4")
+    elif name == "name-0xff":
+        data[HEADER.itemsize + 1] = 0xFF
+    elif name == "dtype-json":
+        data[HEADER.itemsize + 2 * FIELD_DESC.itemsize + 1 + 16 + 264 + 2] = ord("{")  # inside sal's dtype JSON
+    elif name in ("num-fields-0", "num-fields-65535"):
+        _word(data, 2, 0 if name.endswith("0") else 65535, "<u2")
+    elif name == "truncated-100":
+        data = data[:100]
+    elif name == "image-ptr-top-ff":
+        data[meta + 6:meta + 8] = 0xFF
+    elif name in ("image-ptr-minus-1", "image-ptr-minus-200"):
+        _word(data, meta, -1 if name.endswith("-1") else -200, "<i8")
+    return data
+
+
+@pytest.mark.parametrize("name", ["alloc-500-flips", "alloc-cut", "alloc-ptr-huge", "page-size-0", "name-0xff",
+                                  "dtype-json", "num-fields-0", "num-fields-65535", "truncated-100",
+                                  "image-ptr-top-ff", "image-ptr-minus-1", "image-ptr-minus-200"])
+def test_named_damage_is_refused_on_open_even_with_verify(digits, tmp_path, name, capsys, tiny_flags):
+    src = Path(digits["test"])
+    data = _named_damage(np.fromfile(src, np.uint8), structure(src), name)
+    path = tmp_path / "x.beton"
+    data.tofile(path)
+    manifest = json.loads(manifest_path(src).read_text())
+    manifest_path(path).write_text(json.dumps({**manifest, "file_size": len(data)}))
+    with pytest.raises(InputError) as e:
+        open_beton(path, verify=True)
+    assert "\n" not in str(e.value)
+    if name == "alloc-500-flips":  # the case that crashed the FFCV loader with a segfault after --verify
+        flags = [*tiny_flags, "--train", str(path), "--val", str(digits["test"]), "--verify", "--workers", "1",
+                 "--epochs", "1", "--out", str(tmp_path / "run")]
+        assert train_main(flags) == 2
+        one_error_line(capsys, "damaged")
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_loss_stops_training_in_one_line(tmp_path, tiny_flags, capsys):
+    out = tmp_path / "r"
+    assert train_main([*tiny_flags, "--method", "standard", "--epochs", "3", "--lr", "1e30", "--out", str(out)]) == 2
+    line = one_error_line(capsys, "epoch 0, step", "not finite")
+    assert "no checkpoint was written" in line and not (out / "checkpoint.pt").exists()
+
+
+def test_training_refuses_a_test_beton_of_other_data_unless_allowed(tmp_path, tiny_flags, capsys):
+    from tests import layouts
+
+    layouts.cifar(tmp_path / "c", "cifar10", per_batch=8)
+    c10 = tmp_path / "c10.beton"
+    assert write_main(["--dataset", "cifar10", "--root", str(tmp_path / "c"), "--split", "test", "--out", str(c10)]) == 0
+    capsys.readouterr()
+    flags = [*tiny_flags, "--epochs", "1", "--val", str(c10), "--eval-limit", "0"]
+    assert train_main([*flags, "--out", str(tmp_path / "a")]) == 2
+    one_error_line(capsys, "dataset cifar10, trained on digits", "--allow-other-data")
+    assert not (tmp_path / "a").exists()
+    assert train_main([*flags, "--out", str(tmp_path / "b"), "--allow-other-data"]) == 0
+    report = json.loads((tmp_path / "b" / "robustness.json").read_text())
+    assert "dataset cifar10" in report["other_data"]
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, trained, digits, capsys):
+    ckpt = str(trained[3] / "checkpoint.pt")
+    (tmp_path / "file").write_text("x")
+    assert evaluate_main(["--checkpoint", ckpt, "--out", str(tmp_path / "file")]) == 2
+    one_error_line(capsys, "is a file")
+    for out in (tmp_path / "missing" / "g.png", tmp_path / "g.txt", tmp_path / "g.beton"):
+        assert saliency_main(["--teacher", ckpt, "--beton", str(digits["test"]), "--out", str(out)]) == 2
+        one_error_line(capsys, ".png file in an existing folder")
+
+
+def test_an_empty_test_beton_is_refused(tmp_path, trained, digits, capsys):
+    """A beton of no samples (fastsat never writes one; another tool may): one line, before any work."""
+    from fastsat.reader import INT, NDARRAY, RGB, BetonReader, write_direct
+
+    empty = tmp_path / "empty.beton"
+    write_direct(empty, {"image": (RGB, (32, 32, 3)), "label": (INT, ()), "sal": (NDARRAY, (128,))}, [], 1 << 21)
+    m = json.loads(manifest_path(digits["test"]).read_text())
+    m.update(num_samples=0, file_size=empty.stat().st_size, content_blake2b=BetonReader(empty).content_hash())
+    manifest_path(empty).write_text(json.dumps(m))
+    assert open_beton(empty).num_samples == 0
+    ckpt = str(trained[3] / "checkpoint.pt")
+    assert evaluate_main(["--checkpoint", ckpt, "--val", str(empty), "--out", str(tmp_path / "e")]) == 2
+    one_error_line(capsys, "no samples")
+    assert not (tmp_path / "e").exists()
