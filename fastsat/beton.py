@@ -186,7 +186,16 @@ def _ffcv_write(path: Path, fields: dict, dataset, page_size: int, workers: int,
         interrupted.append(True)  # swallowed there ("Exception ignored in ... _releaseLock")
         raise KeyboardInterrupt
 
+    previous_hook = sys.unraisablehook
+
+    def swallowed(unraisable):  # that swallowed interrupt: honoured below, not printed
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            interrupted.append(True)
+        else:
+            previous_hook(unraisable)
+
     _quiet_writers(True)
+    sys.unraisablehook = swallowed
     previous = signal.signal(signal.SIGUSR1, raise_died) if main else None
     previous_int = signal.signal(signal.SIGINT, interrupt) if main else None
     watchdog = threading.Thread(target=watch, daemon=True)
@@ -210,6 +219,7 @@ def _ffcv_write(path: Path, fields: dict, dataset, page_size: int, workers: int,
         raise
     finally:
         _quiet_writers(False)
+        sys.unraisablehook = previous_hook
         done.set()
         watchdog.join(5) if watchdog.is_alive() else None
         if main:

@@ -288,3 +288,51 @@ def test_an_empty_test_beton_is_refused(tmp_path, trained, digits, capsys):
     assert evaluate_main(["--checkpoint", ckpt, "--val", str(empty), "--out", str(tmp_path / "e")]) == 2
     one_error_line(capsys, "no samples")
     assert not (tmp_path / "e").exists()
+
+
+def test_ctrl_c_in_reproduce_is_one_line_and_exit_130(tmp_path):
+    """Interrupted while it writes its first beton: "error: interrupted", exit 130, nothing else."""
+    import signal
+    import time
+
+    from tests.test_idx import write_idx
+
+    write_idx(tmp_path / "fm", n_train=40_000, n_test=20)
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "fastsat.reproduce", "--dataset", "fashion-mnist", "--root",
+                             str(tmp_path / "fm"), "--out", str(out), "--budget", "quick", "--device", "cpu"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not any(p.name.startswith(".train.beton.tmp") for p in (out / "data").glob(".*")) \
+                if (out / "data").is_dir() else True:
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, err[-2000:]
+    assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"], err[-2000:]
+    assert "Traceback" not in err and not (out / "data" / "train.beton").exists()
+
+
+def test_an_interrupted_replacement_never_pairs_a_new_beton_with_the_old_manifest(digits, tmp_path, monkeypatch):
+    import fastsat.beton as beton
+
+    out = tmp_path / "x.beton"
+    shutil.copy(digits["test"], out)
+    shutil.copy(manifest_path(digits["test"]), manifest_path(out))
+    real = os.replace
+
+    def killed_before_the_manifest(src, dst):
+        if str(dst).endswith(".json"):
+            raise KeyboardInterrupt  # the moment between the two renames
+        real(src, dst)
+    monkeypatch.setattr(beton.os, "replace", killed_before_the_manifest)
+    samples = __import__("fastsat.writers", fromlist=["open_writer"]).open_writer("digits", "train")
+    with pytest.raises(KeyboardInterrupt):
+        beton.write_beton(samples, samples.source, out, overwrite=True, writer="direct")
+    with pytest.raises(InputError, match="manifest .* is missing"):
+        open_beton(out)
