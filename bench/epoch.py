@@ -31,7 +31,7 @@ from fastsat.data import make_batches  # noqa: E402
 from fastsat.ffcv_import import available as ffcv_available  # noqa: E402
 from fastsat.kernels import bits as bitlayout  # noqa: E402
 from fastsat.kernels.spec import derive_seed  # noqa: E402
-from fastsat.methods import METHODS, train_step  # noqa: E402
+from fastsat.methods import METHODS, p_random, train_step  # noqa: E402
 from fastsat.models import build_model  # noqa: E402
 
 METHODS_DEFAULT = "standard,noise,sat,fgsm_rs,pgd,pgd_sat"
@@ -63,8 +63,8 @@ def one_epoch(cfg, model, opt, batches, epoch, device, scaler) -> tuple[float, f
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-        train_step(cfg, model, opt, x, y, sal, epoch=epoch, seed=derive_seed(cfg.seed, epoch, step), scaler=scaler,
-                   granularity="element")
+        train_step(cfg, model, opt, x, y, sal, p_random=p_random(cfg, epoch, step, len(batches)),
+                   seed=derive_seed(cfg.seed, "step", 0, epoch, step), scaler=scaler, granularity="element")
         if cuda:
             end.record()
             events.append((start, end))

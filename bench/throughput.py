@@ -22,11 +22,11 @@ from bench.common import machine, markdown_table, time_fn, write_json  # noqa: E
 from fastsat.kernels import bits as bitlayout  # noqa: E402
 from fastsat.config import TrainConfig  # noqa: E402
 from fastsat.ffcv_import import available as ffcv_available  # noqa: E402
-from fastsat.kernels.spec import derive_seed  # noqa: E402
+from fastsat.kernels.spec import derive_seed, random_prob  # noqa: E402
 from fastsat.methods import train_step  # noqa: E402
 from fastsat.models import build_model  # noqa: E402
 
-BENCH_METHODS = ("standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_sat", "trades", "trades_sat")
+BENCH_METHODS = ("standard", "noise", "sat", "sign", "fgsm_rs", "pgd", "pgd_sat", "trades", "trades_sat")
 
 
 def synthetic_batches(device, batch: int, nbatches: int = 4):
@@ -71,7 +71,7 @@ def step_throughput(device, quick: bool, source=None, methods=BENCH_METHODS):
         def step():
             i = state["i"] = state["i"] + 1
             x, y, sal = next(source)
-            train_step(cfg, model, opt, x, y, sal, epoch=5, seed=derive_seed(0, 5, i), scaler=scaler)
+            train_step(cfg, model, opt, x, y, sal, p_random=random_prob(5), seed=derive_seed(0, 5, i), scaler=scaler)
 
         reps = 40 if cuda else (6 if quick else 20)
         if "_" in name and name != "fgsm_rs":  # hybrids: the coin's mix needs more steps to settle

@@ -79,7 +79,10 @@ class TrainConfig:
     # method
     method: str = opt("sat", "training method", choices=lambda: list(METHODS))
     eps: float = opt(EPS0, "ε₀ of SAT / noise / training attacks, pixel units in [0, 1]", rule=between(0, 1))
-    sat_alpha: float = opt(ALPHA, "Eq. 9: P(random) = sat_alpha ** epoch (paper: 0.6 ** (1/10))",
+    sat_schedule: str = opt("run", "Eq. 9's P(random): run = the paper's 100-epoch decay spread over this run's steps "
+                                   "(1 → 0.6^10 however many epochs), epoch = sat_alpha ** epoch as written "
+                                   "(reaches 0.6 only after 10 epochs)", choices=lambda: ["run", "epoch"])
+    sat_alpha: float = opt(ALPHA, "Eq. 9: P(random) = sat_alpha ** t, t the epoch (paper: 0.6 ** (1/10))",
                            rule=between(0, 1, lo_open=True))
     pgd_steps: int = opt(5, "training PGD / TRADES steps", rule=at_least(1))
     pgd_alpha: float = opt(2 / 255, "training attack step, pixel units", rule=between(0, 1, lo_open=True))
@@ -141,6 +144,8 @@ class TrainConfig:
             check_value(f, getattr(self, f.name))
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite exclude each other")
+        if self.sal_mix and not METHODS.get(self.method).needs_saliency:
+            raise InputError(f"--sal-mix mixes saliency maps; method {self.method} reads none")
         if self.eval_aa != "none":
             try:
                 AutoAttack(version=self.eval_aa).components()

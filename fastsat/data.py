@@ -70,11 +70,13 @@ def _loader(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int
     return loader
 
 
-def _fill_missing(sal: Optional[torch.Tensor], has: Optional[torch.Tensor], seed: int, epoch: int, i: int):
-    """Random bits for the rows whose sample has no saliency map (``has == 0``)."""
+def _fill_missing(sal: Optional[torch.Tensor], has: Optional[torch.Tensor], seed: int, rank: int, epoch: int,
+                  i: int, field: str):
+    """Random bits for the rows whose sample has no saliency map (``has == 0``): a stream of their
+    own per field, rank, epoch and batch."""
     if sal is None or has is None:
         return sal
-    gen = torch.Generator(device=sal.device).manual_seed(derive_seed(seed, epoch, i))
+    gen = torch.Generator(device=sal.device).manual_seed(derive_seed(seed, "missing_map", field, rank, epoch, i))
     noise = torch.randint(0, 256, sal.shape, generator=gen, device=sal.device, dtype=torch.uint8)
     return torch.where(has.view(-1, 1).bool(), sal, noise)
 
@@ -83,12 +85,12 @@ class FFCVBatches:
     """The FFCV loader over a beton; yields (x uint8 NHWC, y int64, sal, sal2)."""
 
     def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, workers: int,
-                 device: torch.device, train: bool, seed: int, distributed: bool = False, indices=None):
+                 device: torch.device, train: bool, seed: int, distributed: bool = False, indices=None, rank: int = 0):
         self.flagged = bool(fields) and "has_sal" in info.manifest["fields"]
-        self.nsal, self.seed = len(fields), seed
+        self.nsal, self.seed, self.rank = len(fields), seed, rank
         self.loader = _loader(info, fields + (["has_sal"] if self.flagged else []), batch_size=batch_size,
-                              workers=workers, device=device, train=train, seed=seed, distributed=distributed,
-                              indices=indices)
+                              workers=workers, device=device, train=train, seed=order_seed(seed),
+                              distributed=distributed, indices=indices)
 
     def __len__(self):
         return len(self.loader)
@@ -106,8 +108,8 @@ class FFCVBatches:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         for i, (x, y, sal, sal2, has) in enumerate(self.raw_epoch(epoch)):
-            yield (x, y, _fill_missing(sal, has, self.seed, epoch, i),
-                   _fill_missing(sal2, has, self.seed, epoch, i))
+            yield (x, y, _fill_missing(sal, has, self.seed, self.rank, epoch, i, "sal"),
+                   _fill_missing(sal2, has, self.seed, self.rank, epoch, i, "sal2"))
 
 
 class ResidentBatches:
@@ -115,12 +117,12 @@ class ResidentBatches:
     gathered there. Training order: a permutation seeded by seed + epoch, like FFCV's RANDOM."""
 
     def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, device: torch.device, train: bool,
-                 seed: int, indices=None, **_):
+                 seed: int, indices=None, rank: int = 0, **_):
         reader = BetonReader(info.path)
         flagged = bool(fields) and "has_sal" in info.manifest["fields"]
         names = ["image", "label", *fields, *([None] * (2 - len(fields))), "has_sal" if flagged else None]
         self.tensors = [None if n is None else torch.from_numpy(reader.read(n, indices)).to(device) for n in names]
-        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.batch_size, self.train, self.seed, self.rank = batch_size, train, seed, rank
 
     def __len__(self):
         n = len(self.tensors[1])
@@ -129,21 +131,28 @@ class ResidentBatches:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         n = len(self.tensors[1])
         if self.train:
-            order = torch.from_numpy(np.random.default_rng(self.seed + epoch).permutation(n))
+            order = torch.from_numpy(np.random.default_rng(order_seed(self.seed) + epoch).permutation(n))
         else:
             order = torch.arange(n)
         order = order.to(self.tensors[1].device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x, y, sal, sal2, has = (None if t is None else t[idx] for t in self.tensors)
-            yield (x, y, _fill_missing(sal, has, self.seed, epoch, i), _fill_missing(sal2, has, self.seed, epoch, i))
+            yield (x, y, _fill_missing(sal, has, self.seed, self.rank, epoch, i, "sal"),
+                   _fill_missing(sal2, has, self.seed, self.rank, epoch, i, "sal2"))
+
+
+def order_seed(seed: int) -> int:
+    """The sample order's own stream (FFCV's RANDOM order permutes with this seed + epoch)."""
+    return derive_seed(seed, "order") % 2 ** 31
 
 
 def make_batches(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int, device: torch.device,
-                 train: bool, seed: int, resident: bool = False, distributed: bool = False, indices=None):
+                 train: bool, seed: int, resident: bool = False, distributed: bool = False, indices=None,
+                 rank: int = 0):
     """The FFCV streaming loader, or the resident one (``resident``, or whenever ffcv is missing)."""
     if (resident or not ffcv_available()) and not distributed:
         return ResidentBatches(info, fields, batch_size=batch_size, device=device, train=train, seed=seed,
-                               indices=indices)
+                               indices=indices, rank=rank)
     return FFCVBatches(info, fields, batch_size=batch_size, workers=workers, device=device, train=train, seed=seed,
-                       distributed=distributed, indices=indices)
+                       distributed=distributed, indices=indices, rank=rank)

@@ -5,6 +5,7 @@
 | standard        | clean                                                             |
 | noise           | x + U(−ε₀, ε₀)                                                    |
 | sat             | Eq. 9 + Algorithm 1 (fused kernel), then flip/translate           |
+| sign            | x + ε·z, z = ±1 per element (Eq. 9 with P(random) = 1): the control |
 | fgsm_rs         | FGSM from a random start, step 1.25ε (Wong et al. 2020)           |
 | pgd             | PGD-k, random start (Madry et al.)                                |
 | trades          | CE(clean) + β·KL(f(x_adv) ‖ f(x)), TRADES attack (Zhang et al.)   |
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 from .attacks import FGSMRS, PGD, TradesAttack, UniformNoise
 from .augment import augment
 from .errors import InputError
+from .kernels import bits as bitlayout
+from .kernels.spec import derive_seed, random_prob
 from .registry import Registry
 
 
@@ -55,7 +58,8 @@ def register_hybrid(name: str, strong: str, cheap: str) -> None:
     s, c = METHODS.get(strong), METHODS.get(cheap)
 
     def loss(cfg, model, batch):
-        coin = torch.rand(1, generator=batch.gen, device=batch.gen.device).item() < cfg.hybrid_p
+        gen = batch.draws("hybrid")
+        coin = torch.rand(1, generator=gen, device=gen.device).item() < cfg.hybrid_p
         return (c if coin else s).loss(cfg, model, batch)
 
     METHODS.add(name, Method(name, loss, f"per batch, {cheap} with probability hybrid_p, else {strong}",
@@ -68,30 +72,57 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
+PAPER_EPOCHS = 100  # the paper's run, over which its Eq. 9 schedule decays α^t to 0.6^10
+
+
+def p_random(cfg, epoch: int, step: int, steps: int) -> float:
+    """Eq. 9's P(random) at ``step`` of the ``steps`` of ``epoch``. ``epoch`` schedule: the paper's
+    formula as written, α^epoch. ``run``: the paper's 100 epochs of decay spread over this run's
+    steps, α^(100·s/(S−1)) at global step s of S — from 1 at the first step to 0.6^10 at the last,
+    whatever the epoch count or batch size."""
+    if cfg.sat_schedule == "epoch":
+        return random_prob(epoch, cfg.sat_alpha)
+    total = cfg.epochs * steps
+    return cfg.sat_alpha ** (PAPER_EPOCHS * (epoch * steps + step) / max(total - 1, 1))
+
+
 @dataclass
 class Batch:
     """One training batch as the loader gives it, and its two views (clean or SAT), augmented."""
     x: torch.Tensor  # (N, H, W, C) uint8 (or float in [0, 1])
     y: torch.Tensor  # (N,) int64
     bits: Optional[torch.Tensor]  # (N, nbytes) uint8 packed saliency, or None
-    epoch: int
-    seed: int  # Philox key of the SAT kernel
-    gen: torch.Generator  # every other draw of this batch (coins, augmentation, attack starts)
+    p_random: float  # Eq. 9: probability that an element's sign is random
+    seed: int  # of this batch: every draw below derives its own stream from it, by purpose
     granularity: str = "element"  # of ``bits``
     out_dtype: torch.dtype = torch.float32  # SAT kernel output
 
+    def draws(self, purpose: str) -> torch.Generator:
+        """A generator of its own for one purpose (augmentation, noise, attack starts, the hybrid
+        coin): adding draws for one purpose never moves another's."""
+        return torch.Generator(device=self.x.device).manual_seed(derive_seed(self.seed, purpose))
+
     def clean(self, cfg) -> torch.Tensor:
-        return augment(to_unit(self.x), cfg.pad, cfg.flip, self.gen)
+        return augment(to_unit(self.x), cfg.pad, cfg.flip, self.draws("augment"))
 
-    def sat(self, cfg) -> torch.Tensor:
-        """Eq. 9 + Algorithm 1 on the stored signs, then flip/translate (DESIGN §4)."""
-        from .kernels.sat import random_prob, sat_perturb  # Triton loads only when a batch needs it
+    def sat(self, cfg, p_random: Optional[float] = None) -> torch.Tensor:
+        """Eq. 9 + Algorithm 1 on the stored signs, then flip/translate (perturb first: DESIGN §4).
+        ``p_random=1`` ignores the signs: the random-sign control, on the same kernel."""
+        from .kernels.sat import sat_perturb  # Triton loads only when a batch needs it
 
-        if self.bits is None:
+        p = self.p_random if p_random is None else p_random
+        bits = self.bits
+        if bits is None and p < 1:
             raise InputError("this method needs a saliency field, and the batch has none")
-        x = sat_perturb(self.x, self.bits, p=random_prob(self.epoch, cfg.sat_alpha), seed=self.seed,
-                        granularity=self.granularity, eps=cfg.eps, out_dtype=self.out_dtype)
-        return augment(x, cfg.pad, cfg.flip, self.gen)
+        if bits is None:  # the signs are never read at P(random) = 1: any bits of the right size
+            bits = torch.zeros((len(self.x), bitlayout.num_bytes(tuple(self.x.shape[1:]), "pixel")),
+                               dtype=torch.uint8, device=self.x.device)
+            granularity = "pixel"
+        else:
+            granularity = self.granularity
+        x = sat_perturb(self.x, bits, p=p, seed=derive_seed(self.seed, "sat"), granularity=granularity,
+                        eps=cfg.eps, out_dtype=self.out_dtype)
+        return augment(x, cfg.pad, cfg.flip, self.draws("augment"))
 
 
 def _ce(model, x, y):
@@ -107,31 +138,37 @@ def standard(cfg, model, b: Batch):
 @register_method("noise", description="x + U(−eps, eps) per element, clipped (same cost as standard)",
                  selection="clean")
 def noise(cfg, model, b: Batch):
-    return _ce(model, UniformNoise(cfg.eps)(model, b.clean(cfg), b.y, generator=b.gen), b.y)
+    return _ce(model, UniformNoise(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("noise")), b.y)
 
 
 @register_method("sat", needs_saliency=True,
-                 description="Eq. 9: stored saliency signs, random with probability sat_alpha^epoch (fused kernel)")
+                 description="Eq. 9: stored saliency signs, each random with P(random) (sat_schedule; fused kernel)")
 def sat(cfg, model, b: Batch):
     return _ce(model, b.sat(cfg), b.y)
+
+
+@register_method("sign", description="x + eps·z, z = ±1 per element, clipped: Eq. 9 with P(random) = 1 on the "
+                                     "same kernel, at SAT's cost — the control that separates the map from ±eps noise")
+def sign(cfg, model, b: Batch):
+    return _ce(model, b.sat(cfg, p_random=1.0), b.y)
 
 
 @register_method("fgsm_rs", single_step=True,
                  description="FGSM from a random start, step 1.25·eps (Wong et al. 2020): 2 passes")
 def fgsm_rs(cfg, model, b: Batch):
-    return _ce(model, FGSMRS(cfg.eps)(model, b.clean(cfg), b.y, generator=b.gen), b.y)
+    return _ce(model, FGSMRS(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("attack")), b.y)
 
 
 @register_method("pgd", description="PGD-pgd_steps from a random start (Madry et al.): pgd_steps + 1 passes")
 def pgd(cfg, model, b: Batch):
     x = b.clean(cfg)
-    return _ce(model, PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.gen), b.y)
+    return _ce(model, PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.draws("attack")), b.y)
 
 
 @register_method("trades", description="CE(clean) + trades_beta·KL(f(x_adv) ‖ f(x)) (Zhang et al. 2019)")
 def trades(cfg, model, b: Batch):
     x = b.clean(cfg)
-    adv = TradesAttack(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.gen)
+    adv = TradesAttack(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.draws("attack"))
     logits = model(x).float()  # separate forward passes, as the TRADES reference (BatchNorm sees
     logits_adv = model(adv).float()  # the clean and the adversarial batch apart)
     kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
@@ -149,16 +186,16 @@ def mix_saliency(bits: torch.Tensor, bits2: torch.Tensor, generator: torch.Gener
     return torch.where(coin.to(bits.device).view(-1, 1), bits, bits2)
 
 
-def training_loss(cfg, model, x, y, bits=None, *, epoch: int, seed: int, granularity: str = "element",
+def training_loss(cfg, model, x, y, bits=None, *, p_random: float, seed: int, granularity: str = "element",
                   out_dtype: torch.dtype = torch.float32):
     """(loss, logits) of one batch under ``cfg.method``: ``x`` (N, H, W, C) uint8 or float, ``bits``
-    (N, nbytes) packed saliency; the logits are those the CE term saw (for the training accuracy)."""
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    batch = Batch(x, y, bits, epoch, seed, gen, granularity, out_dtype)
+    (N, nbytes) packed saliency, ``p_random`` Eq. 9's P(random) (see :func:`p_random`); the logits
+    are those the CE term saw (for the training accuracy)."""
+    batch = Batch(x, y, bits, p_random, seed, granularity, out_dtype)
     return METHODS.get(cfg.method).loss(cfg, model, batch)
 
 
-def train_step(cfg, model, optimizer, x, y, bits=None, *, epoch: int, seed: int,
+def train_step(cfg, model, optimizer, x, y, bits=None, *, p_random: float, seed: int,
                scaler: torch.amp.GradScaler | None = None, granularity: str = "element"):
     """One optimizer step; AMP (float16 autocast + scaler, float16 SAT output) when ``scaler`` is
     given. Returns (loss, number of correct predictions), both detached device tensors (no sync)."""
@@ -166,7 +203,7 @@ def train_step(cfg, model, optimizer, x, y, bits=None, *, epoch: int, seed: int,
     optimizer.zero_grad(set_to_none=True)
     amp = scaler is not None
     with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=amp):
-        loss, logits = training_loss(cfg, model, x, y, bits, epoch=epoch, seed=seed, granularity=granularity,
+        loss, logits = training_loss(cfg, model, x, y, bits, p_random=p_random, seed=seed, granularity=granularity,
                                      out_dtype=torch.float16 if amp else torch.float32)
     if scaler is None:
         loss.backward()

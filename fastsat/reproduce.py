@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -70,6 +70,7 @@ STUDENTS = {  # label → (method, training beton, extra settings)
     "sat (adv-teacher GBP)": ("sat", "gbp_adv", {}),
     "sat (adv-teacher box)": ("sat", "box_adv", {}),
     "sat (GBP + box mixed)": ("sat", "mix_adv", {"sal_mix": True}),
+    "sign (random ±ε)": ("sign", "train", {}),
     "fgsm_rs": ("fgsm_rs", "train", {}),
     "pgd": ("pgd", "train", {}),
     "pgd_sat (adv-teacher GBP)": ("pgd_sat", "gbp_adv", {}),
@@ -80,7 +81,7 @@ def command(args) -> str:
     """The command line that makes (or completes) this folder."""
     root = f" --root {args.root}" if args.root else ""
     return (f"python -m fastsat.reproduce --dataset {args.dataset}{root} --budget {args.budget} --out {args.out} "
-            f"--device {args.device} --seed {args.seed}")
+            f"--device {args.device} --seed {args.seed}" + (f" --seeds {args.seeds}" if args.seeds > 1 else ""))
 
 
 def slug(label: str) -> str:
@@ -160,18 +161,29 @@ CLAIMS = [  # the paper's claims: (claim, left student, right student, "better" 
     ("fine maps > boxes (adversarial teacher)", "sat (adv-teacher GBP)", "sat (adv-teacher box)", "better"),
     ("two maps mixed ≥ one map (paper Table 7)", "sat (GBP + box mixed)", "sat (adv-teacher GBP)", "not worse"),
     ("PGD-SAT ≥ PGD", "pgd_sat (adv-teacher GBP)", "pgd", "not worse"),
+    # the claim the paper implies and never tests: the map, not ±ε noise, makes SAT robust
+    *[(f"{label} > random signs", label, "sign (random ±ε)", "better")
+      for label in ("sat (weak map)", "sat (std-teacher GBP)", "sat (adv-teacher GBP)", "sat (adv-teacher box)",
+                    "sat (GBP + box mixed)")],
 ]
 NI_MARGIN = 1.0  # points: "≥" holds when the difference is shown to lie above −1 point (non-inferiority)
 ALPHA_FAMILY = 0.05  # family-wise error rate of one claims table (Holm over every test in it)
 
 
-def results(summaries: dict[str, dict], tests: dict[str, dict]) -> dict:
-    """The numbers the claims are read from, per student: the default protocol's worst case (on its
-    sample) and the whole test set's PGD-5, with n, the masking verdict and the training time."""
-    return {label: {"train_seconds": s["train_seconds"], "masked": bool(s["robustness"].get("masked")),
-                    "worst case": {"n": s["robustness"]["n"], "acc": s["robustness"]["attacks"]["worst_case"]},
-                    "PGD-5": {"n": tests[label]["n"], "acc": tests[label]["attacks"]["pgd5"]}}
-            for label, s in summaries.items()}
+def results(summaries: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict:
+    """The numbers the claims are read from, per student and seed (lists in seed order): the default
+    protocol's worst case (on its sample) and the whole test set's PGD-5, with n, the masking
+    verdict and the training time."""
+    def by_eps(reports, row):
+        return {e: [r["attacks"][row][e] for r in reports] for e in reports[0]["attacks"][row]}
+    out = {}
+    for label, ss in summaries.items():
+        reports = [s["robustness"] for s in ss]
+        out[label] = {"seeds": [s["seed"] for s in ss], "train_seconds": [s["train_seconds"] for s in ss],
+                      "masked": any(r.get("masked") for r in reports),
+                      "worst case": {"n": reports[0]["n"], "acc": by_eps(reports, "worst_case")},
+                      "PGD-5": {"n": tests[label][0]["n"], "acc": by_eps(tests[label], "pgd5")}}
+    return out
 
 
 def _normal_sf(z: float) -> float:
@@ -191,24 +203,51 @@ def holm(pvalues: list[float], alpha: float = ALPHA_FAMILY) -> list[bool]:
 
 @dataclass
 class Cell:
-    """One claim at one grading and ε: the difference left − right (points), its standard error,
-    and the two one-sided tests (the claim; its opposite)."""
+    """One claim at one grading and ε: the difference left − right (points), its standard error and
+    degrees of freedom (None: one seed, the normal approximation of two accuracies on the test
+    sample; else the seed-paired t over the per-seed differences), and the two one-sided tests."""
     d: float
     se: float
+    df: Optional[int]
     kind: str
     masked: bool
+    sample_margin: float  # 95% half-width of one seed's difference from the test sample alone
     verdict: str = "unresolved"
 
     def pvalues(self) -> tuple[float, float]:
-        """One-sided p of "holds" (d > 0, or d > −margin for ≥) and of its opposite, normal approximation."""
+        """One-sided p of "holds" (d > 0, or d > −margin for ≥) and of its opposite."""
         shift = 0.0 if self.kind == "better" else -NI_MARGIN
         z = (self.d - shift) / max(self.se, 1e-12)
-        return _normal_sf(z), _normal_sf(-z)
+        if self.df is None:
+            return _normal_sf(z), _normal_sf(-z)
+        from scipy.stats import t
+
+        return float(t.sf(z, self.df)), float(t.sf(-z, self.df))
+
+    def half_width(self) -> float:
+        if self.df is None:
+            return 1.96 * self.se
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, self.df)) * self.se
 
     def text(self) -> str:
         if self.masked:
             return f"{self.d:+.1f} masked: no verdict"
-        return f"{self.d:+.1f} {self.verdict}" + (f" (±{1.96 * self.se:.1f})" if self.verdict == "unresolved" else "")
+        spread = f" (±{self.half_width():.1f}" + (f"; sample ±{self.sample_margin:.1f})" if self.df else ")")
+        return f"{self.d:+.1f} {self.verdict}" + (spread if self.verdict == "unresolved" or self.df else "")
+
+
+def _cell(a: dict, b: dict, e: str, kind: str, masked: bool) -> Cell:
+    """The cell of accuracies ``a`` (left) and ``b`` (right) at ε ``e``, each a list over seeds."""
+    left, right = np.asarray(a["acc"][e], float), np.asarray(b["acc"][e], float)
+    pa, pb = left.mean() / 100, right.mean() / 100
+    sample = 100 * math.hypot(math.sqrt(pa * (1 - pa) / a["n"]), math.sqrt(pb * (1 - pb) / b["n"]))
+    diffs = left - right
+    if len(diffs) < 2:
+        return Cell(float(diffs[0]), sample, None, kind, masked, 1.96 * sample)
+    return Cell(float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(len(diffs))), len(diffs) - 1, kind, masked,
+                1.96 * sample)
 
 
 def claim_cells(res: dict) -> dict[str, dict[tuple[str, str], Cell]]:
@@ -217,14 +256,9 @@ def claim_cells(res: dict) -> dict[str, dict[tuple[str, str], Cell]]:
     for claim, left, right, kind in CLAIMS:
         if left not in res or right not in res:
             continue
-        row = {}
-        for grading in ("PGD-5", "worst case"):
-            a, b = res[left][grading], res[right][grading]
-            for e in sorted(a["acc"], key=float):
-                pa, pb = a["acc"][e] / 100, b["acc"][e] / 100
-                se = 100 * math.hypot(math.sqrt(pa * (1 - pa) / a["n"]), math.sqrt(pb * (1 - pb) / b["n"]))
-                row[(grading, e)] = Cell(100 * (pa - pb), se, kind, res[left]["masked"] or res[right]["masked"])
-        table[claim] = row
+        masked = res[left]["masked"] or res[right]["masked"]
+        table[claim] = {(g, e): _cell(res[left][g], res[right][g], e, kind, masked)
+                        for g in ("PGD-5", "worst case") for e in sorted(res[left][g]["acc"], key=float)}
     live = [c for row in table.values() for c in row.values() if not c.masked]
     decided = holm([p for c in live for p in c.pvalues()])
     for c, (yes, no) in zip(live, zip(decided[::2], decided[1::2])):
@@ -242,15 +276,20 @@ def claims(res: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for claim, left, right, _ in CLAIMS:
         if claim in table:
-            t_left, t_right = res[left]["train_seconds"], res[right]["train_seconds"]
+            t_left, t_right = (float(np.mean(res[x]["train_seconds"])) for x in (left, right))
             cost = f"{t_left:.0f} / {t_right:.0f} ({t_left / max(t_right, 1e-9):.2f}×)"
             lines.append("| " + " | ".join([claim] + [table[claim][c].text() for c in cols] + [cost]) + " |")
     n_tests = 2 * sum(not c.masked for row in table.values() for c in row.values())
-    note = (f"Differences left − right in accuracy points. Each cell is two one-sided tests (normal approximation "
-            f"of two independent accuracies): *holds* — for >, the difference is above 0; for ≥, above −{NI_MARGIN:g} "
-            f"point (non-inferiority margin); *reversed* / *refuted* — the opposite; *unresolved* — neither "
-            f"(± the unadjusted 95% half-width). Holm's correction over all {n_tests} tests of this table, family-wise "
-            f"α = {ALPHA_FAMILY:g}; a cell of a student that failed a masking check gets no verdict.")
+    seeds = len(next(iter(res.values()))["seeds"])
+    how = (f"the seed-paired differences over {seeds} seeds (mean, one-sample t with {seeds - 1} degrees of freedom; "
+           f"± the 95% t-interval, and the 95% half-width one seed's test sample alone would give)" if seeds > 1 else
+           "one seed: the normal approximation of two independent accuracies on the test sample (± its unadjusted "
+           "95% half-width); training variation is not covered")
+    note = (f"Differences left − right in accuracy points. Each cell is two one-sided tests from {how}: *holds* — "
+            f"for >, the difference is above 0; for ≥, above −{NI_MARGIN:g} point (non-inferiority margin); "
+            f"*reversed* / *refuted* — the opposite; *unresolved* — neither. Holm's correction over all {n_tests} "
+            f"tests of this table, family-wise α = {ALPHA_FAMILY:g}; a cell of a student that failed a masking check "
+            f"gets no verdict.")
     return note + "\n\n" + "\n".join(lines) + "\n\n" + reading(table)
 
 
@@ -275,18 +314,19 @@ def half_width(n: int, p: float = 0.5) -> float:
     return 100 * 1.96 * (p * (1 - p) / max(n, 1)) ** 0.5
 
 
-def table(students: dict[str, dict], tests: dict[str, dict]) -> str:
-    """Default-protocol table (worst case, with clean and cost), then clean and PGD-5 on the test set."""
-    main = side_by_side({label: [s] for label, s in students.items()})
-    first = next(iter(tests.values()))
+def table(students: dict[str, list[dict]], tests: dict[str, list[dict]]) -> str:
+    """Default-protocol table (worst case, with clean and cost), then clean and PGD-5 on the test set;
+    every cell over the seeds of each student (mean ± 95% t-interval from two seeds on)."""
+    main = side_by_side(students)
+    first = next(iter(tests.values()))[0]
     eps = sorted(first["attacks"]["pgd5"], key=float)
-    n_default = next(iter(students.values()))["robustness"]["n"]
+    n_default = next(iter(students.values()))[0]["robustness"]["n"]
     head = ["method", "clean"] + [f"PGD-5 ε={e}/255" for e in eps]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, r in tests.items():
-        mark = f" {MASKED}" if students[label]["robustness"].get("masked") else ""
-        lines.append("| " + " | ".join([label, fmt([r["clean"]])] + [fmt([r["attacks"]["pgd5"][e]]) + mark
-                                                                      for e in eps]) + " |")
+    for label, rs in tests.items():
+        mark = f" {MASKED}" if any(s["robustness"].get("masked") for s in students[label]) else ""
+        lines.append("| " + " | ".join([label, fmt([r["clean"] for r in rs])] +
+                                       [fmt([r["attacks"]["pgd5"][e] for r in rs]) + mark for e in eps]) + " |")
     return (f"Default protocol on a stratified sample of n = {n_default} test images (95% interval of one "
             f"accuracy: at most ± {half_width(n_default):.1f} points):\n\n{main}\n\n"
             f"Clean and PGD-5 (step 2/255, random start; the paper's attack) on n = {first['n']} test images "
@@ -321,23 +361,29 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
     todo.append(Step("grids", tuple(f"teacher {t}" for t in TEACHERS),
                      lambda: all((out / f"grid_{t}.png").is_file() for t in TEACHERS),
                      partial(grids, out, test, args.device)))
-    students = {}
+    students: dict[str, list[TrainConfig]] = {}  # per label, one config per seed; teachers are shared
     for label, (method, beton, extra) in STUDENTS.items():
-        folder = out / "students" / slug(label)
         train = steps.path("base" if beton == "train" else beton)
-        students[label] = cfg = replace(base, method=method, train=str(train), out=str(folder), **extra).validate()
-        todo.append(Step(f"student {label}", (f"beton {beton}", "beton test"),
-                         partial(student_done, folder), partial(student, steps, folder, cfg, FULL_TEST[args.budget])))
+        for seed in range(args.seed, args.seed + args.seeds):
+            folder = out / "students" / slug(label) / (f"seed{seed}" if args.seeds > 1 else "")
+            cfg = replace(base, method=method, train=str(train), out=str(folder), seed=seed, **extra).validate()
+            students.setdefault(label, []).append(cfg)
+            todo.append(Step(f"student {label}" + (f" seed {seed}" if args.seeds > 1 else ""),
+                             (f"beton {beton}", "beton test"), partial(student_done, folder),
+                             partial(student, steps, folder, cfg, FULL_TEST[args.budget])))
 
     def final() -> str:
-        summaries = {label: json.loads((Path(c.out) / "summary.json").read_text()) for label, c in students.items()}
-        tests = {label: full_test(Path(c.out), c, FULL_TEST[args.budget]) for label, c in students.items()}
+        summaries = {label: [json.loads((Path(c.out) / "summary.json").read_text()) for c in cs]
+                     for label, cs in students.items()}
+        tests = {label: [full_test(Path(c.out), c, FULL_TEST[args.budget]) for c in cs] for label, cs in students.items()}
         from .comparison import frontier
 
         res = results(summaries, tests)
         atomic_write_text(out / "results.json", json.dumps(res, indent=1))
-        text = table(summaries, tests) + "\n\nThe paper's claims on this data:\n\n" + claims(res)
-        frontier({label: [s] for label, s in summaries.items()}, out / "frontier.png", f"{max(base.eval_eps):g}",
+        shared = (f"Teachers and their maps are shared by every seed (trained with seed {args.seed}); each student is "
+                  f"trained and graded once per seed ({args.seeds}).\n\n" if args.seeds > 1 else "")
+        text = shared + table(summaries, tests) + "\n\nThe paper's claims on this data:\n\n" + claims(res)
+        frontier(summaries, out / "frontier.png", f"{max(base.eval_eps):g}",
                  f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}")
         atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"
                           f"Command: `{steps.record['command']}`\n")
@@ -379,6 +425,8 @@ def run_plan(out: Path, plan: list[Step], poll: float = 15.0) -> None:
 
 
 def reproduce(args) -> str:
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -417,7 +465,10 @@ def parser() -> ArgumentParser:
     ap.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="folder of everything it makes")
     ap.add_argument("--budget", choices=list(BUDGETS), default="quick", help="quick (smoke run) or full")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--seed", type=int, default=0, help="seed of every run")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the teachers and of the first seed of students")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="students trained and graded per seed (--seed, --seed + 1, ...; teachers and maps shared); "
+                         "claims are decided on seed-paired differences from two seeds on")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads of this process (0: torch's default). Several processes may run the "
                          "same command on one --out at once: each step is done by one of them")

@@ -64,7 +64,7 @@ def sample_indices(labels: np.ndarray, limit: int, seed: int, among: Optional[np
     """Indices to evaluate: all of ``among`` (default: every sample), or ``limit`` of them, seeded
     and class-stratified."""
     among = np.arange(len(labels)) if among is None else np.asarray(among)
-    return among[stratified(labels[among], limit, seed, salt=2)] if limit else among
+    return among[stratified(labels[among], limit, seed, "eval sample")] if limit else among
 
 
 def eval_data(info, idx: np.ndarray, device) -> EvalData:

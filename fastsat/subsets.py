@@ -21,12 +21,13 @@ def _quota(counts: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(quota, counts)
 
 
-def stratified(labels: np.ndarray, n: int, seed: int, salt: int = 0) -> np.ndarray:
-    """Sorted indices of n samples, each class in proportion to its share of ``labels``."""
+def stratified(labels: np.ndarray, n: int, seed: int, purpose: str) -> np.ndarray:
+    """Sorted indices of n samples, each class in proportion to its share of ``labels``, drawn from
+    the stream of ``purpose`` ("holdout", "eval sample", ...)."""
     labels = np.asarray(labels)
     if n >= len(labels):
         return np.arange(len(labels))
-    rng = np.random.default_rng(derive_seed(seed, salt))
+    rng = np.random.default_rng(derive_seed(seed, purpose))
     classes, counts = np.unique(labels, return_counts=True)
     picked = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
               for c, q in zip(classes, _quota(counts, n)) if q]
@@ -43,7 +44,7 @@ def holdout_split(labels: np.ndarray, holdout: float, seed: int) -> tuple[np.nda
     if not 1 <= n < total:
         raise InputError(f"--holdout {holdout} gives {n} of {total} training samples; it must leave "
                          f"at least one on each side")
-    held = stratified(labels, n, seed, salt=1)
+    held = stratified(labels, n, seed, "holdout")
     return np.setdiff1d(np.arange(total), held), held
 
 

@@ -31,7 +31,7 @@ from .data import make_batches
 from .errors import InputError
 from .files import atomic_write_text
 from .kernels.spec import derive_seed
-from .methods import METHODS, mix_saliency, train_step
+from .methods import METHODS, mix_saliency, p_random, train_step
 from .models import build_model
 from .pruning import apply_masks, magnitude_masks, measured_sparsity
 from .robustness import EvalData, correct_under, eval_data, robustness, sample_indices, write_reports
@@ -127,7 +127,8 @@ def setup(cfg: TrainConfig, progress: bool = True) -> Run:
     run.net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     run.batches = make_batches(info, fields, batch_size=cfg.batch_size, workers=cfg.workers, device=device, train=True,
-                               seed=cfg.seed, resident=cfg.gpu_resident, distributed=world > 1, indices=train_idx)
+                               seed=cfg.seed, resident=cfg.gpu_resident, distributed=world > 1, indices=train_idx,
+                               rank=rank)
     if rank == 0:
         _write_config(run, hold_idx)
     return run
@@ -268,15 +269,17 @@ def train_epoch(run: Run, epoch: int) -> dict:
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step whose loss is not finite
-    seen, mix_gen = 0, torch.Generator(device=device)
+    seen, p_sum, mix_gen = 0, 0.0, torch.Generator(device=device)
     t0 = time.perf_counter()
     batches = tqdm(run.batches.epoch(epoch), total=len(run.batches), desc=f"epoch {epoch}",
                    disable=not run.progress or run.rank != 0, leave=False)
     for step, (x, y, sal, sal2) in enumerate(batches):
-        seed = derive_seed(cfg.seed, run.rank, epoch, step)
+        seed = derive_seed(cfg.seed, "step", run.rank, epoch, step)  # every draw of this step derives from it
         if cfg.sal_mix:
-            sal = mix_saliency(sal, sal2, mix_gen.manual_seed(seed))
-        loss, ok = train_step(cfg, run.net, run.optimizer, x, y, sal, epoch=epoch, seed=seed, scaler=run.scaler,
+            sal = mix_saliency(sal, sal2, mix_gen.manual_seed(derive_seed(seed, "map_mix")))
+        p = p_random(cfg, epoch, step, len(run.batches))
+        p_sum += p
+        loss, ok = train_step(cfg, run.net, run.optimizer, x, y, sal, p_random=p, seed=seed, scaler=run.scaler,
                               granularity=run.granularity or "element")
         apply_masks(run.masks)  # pruned weights stay zero
         loss_sum += loss * len(y)
@@ -292,7 +295,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
                          f"or another setting too large?); training stopped, {kept}")
     line = {"epoch": epoch, "lr": lr, "loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
             "epoch_seconds": seconds, "images": seen * run.world, "images_per_s": seen * run.world / seconds,
-            "p_random": cfg.sat_alpha ** epoch}
+            "p_random": p_sum / max(len(run.batches), 1)}  # the mean P(random) of Eq. 9 this epoch used
     if run.masks:
         line["sparsity"] = measured_sparsity(run.model)
     if run.world > 1:

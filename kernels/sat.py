@@ -29,19 +29,12 @@ import torch
 
 from . import bits as bitlayout
 from .philox import draws_np, philox4x32, split_seed
-from .spec import ALPHA, EPS0
+from .spec import EPS0, random_prob  # noqa: F401 - random_prob: the schedule, re-exported
 
 THRESHOLD_BITS = 24  # resolution of p: draws compare their top 24 bits against round(p·2²⁴)
 OUT_DTYPES = (torch.float32, torch.float16)
 IN_DTYPES = (torch.uint8, torch.float16, torch.float32)
 INV255 = np.float32(1 / 255)  # uint8 → [0, 1]: one float32 multiply on every back end
-
-
-def random_prob(epoch: int, alpha: float = ALPHA) -> float:
-    """Eq. 9 schedule: probability that an element takes random noise at 0-based ``epoch``."""
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
-    return alpha**epoch
 
 
 def threshold(p: float) -> int:

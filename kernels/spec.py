@@ -18,3 +18,11 @@ def derive_seed(*parts: int | str) -> int:
     text = "/".join(p if isinstance(p, str) else str(int(p)) for p in parts)
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def random_prob(epoch: int, alpha: float = ALPHA) -> float:
+    """Eq. 9 schedule as the paper writes it: probability that an element takes random noise at
+    0-based ``epoch``."""
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return alpha**epoch

@@ -100,13 +100,16 @@ def test_trades_loss_matches_its_reference():
     y = torch.randint(0, 10, (16,))
     cfg = TrainConfig(method="trades", flip=False, pad=0, pgd_steps=2)
     reference = copy.deepcopy(model)  # BatchNorm's running statistics move with every train-mode pass
-    loss, _ = training_loss(cfg, model, x, y, epoch=0, seed=5)
+    loss, _ = training_loss(cfg, model, x, y, p_random=1.0, seed=5)
     model = reference
     # the attack as ours (same generator), then the loss written out as the TRADES reference does
     from fastsat.attacks import TradesAttack
 
     xu = x.permute(0, 3, 1, 2).float() / 255
-    adv = TradesAttack(cfg.eps, cfg.pgd_alpha, 2)(model, xu, y, generator=torch.Generator().manual_seed(5))
+    from fastsat.kernels.spec import derive_seed
+
+    gen = torch.Generator().manual_seed(derive_seed(5, "attack"))  # the batch's attack stream
+    adv = TradesAttack(cfg.eps, cfg.pgd_alpha, 2)(model, xu, y, generator=gen)
     model.train()
     logits = model(xu)
     kl = F.kl_div(F.log_softmax(model(adv), 1), F.softmax(model(xu), 1), reduction="sum") / len(y)

@@ -295,7 +295,8 @@ def test_stale_checkpoint_temporaries_are_removed(tmp_path, tiny_flags):
 TRAIN_BAD = [["--lr", "-1"], ["--pad", "-3"], ["--width", "-1"], ["--width", "0"], ["--eval-eps", "abc"],
              ["--out", "__file__"], ["--holdout", "0"], ["--holdout", "99999"], ["--epochs", "0"],
              ["--holdout", "inf"], ["--width", "inf"], ["--lr", "inf"], ["--trades-beta", "inf"], ["--lr", "nan"],
-             ["--seed", str(2 ** 70)], ["--pad", "1000"], ["--workers", "1000"], ["--eval-eps", "1e999"]]
+             ["--seed", str(2 ** 70)], ["--pad", "1000"], ["--workers", "1000"], ["--eval-eps", "1e999"],
+             ["--sat-schedule", "cosine"], ["--method", "sign", "--sal-mix"]]
 
 
 @pytest.mark.parametrize("flags", TRAIN_BAD, ids=lambda f: " ".join(f))

@@ -87,7 +87,7 @@ def test_one_channel_model_trains_with_every_method(name):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     cfg = TrainConfig(method=name, pgd_steps=2)
     for step in range(2):
-        loss, _ = train_step(cfg, model, opt, x, y, bits, epoch=1, seed=step, granularity="pixel")
+        loss, _ = train_step(cfg, model, opt, x, y, bits, p_random=0.9, seed=step, granularity="pixel")
         assert torch.isfinite(loss)
 
 
@@ -114,34 +114,39 @@ def test_real_fashion_mnist_silhouette(tmp_path):
 
 
 def test_reproduce_quick_end_to_end(tmp_path):
-    """The paper's protocol on a small IDX set: betons, teachers, teacher maps, ten students, both
-    evaluations, table, frontier, grids; a second call finds everything done and trains nothing."""
+    """The paper's protocol on a small IDX set, two seeds: betons, teachers (shared), teacher maps,
+    every student per seed, both evaluations, the seed-paired claims table, frontier, grids; a
+    second call finds everything done and trains nothing."""
     import json
 
     from fastsat.reproduce import CLAIMS, STUDENTS, main
 
     write_idx(tmp_path / "fm", n_train=200, n_test=64)
     flags = ["--dataset", "fashion-mnist", "--root", str(tmp_path / "fm"), "--out", str(tmp_path / "r"),
-             "--budget", "quick", "--device", "cpu"]
+             "--budget", "quick", "--device", "cpu", "--seeds", "2"]
     assert main(flags) == 0
     out = tmp_path / "r"
     table = (out / "table.md").read_text()
     assert all(label in table for label in STUDENTS) and "PGD-5 ε=8/255" in table
-    assert "one seed (0), so no interval across seeds" in table and "t-interval" not in table
+    assert "2 seeds (0, 1): mean ± 95% t-interval" in table and "seed-paired differences over 2 seeds" in table
     assert all(f"| {claim} |" in table for claim, *_ in CLAIMS)
+    assert "| sat (weak map) > random signs |" in table and "Teachers and their maps are shared" in table
+    res = json.loads((out / "results.json").read_text())
+    assert all(r["seeds"] == [0, 1] and len(r["PGD-5"]["acc"]["8"]) == 2 for r in res.values())
     assert (out / "frontier.png").stat().st_size > 1000 and (out / "grid_t_adv.png").stat().st_size > 1000
     record = json.loads((out / "reproduce.json").read_text())
     trained = [k for k in record["steps"] if k.startswith("train students")]
-    assert len(trained) == len(STUDENTS)
+    assert len(trained) == 2 * len(STUDENTS)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     assert main(flags) == 0  # resumable: nothing is trained again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == stamps
 
 
 def _res(acc: dict, n: int = 500, masked=()) -> dict:
-    """Claims input: per student one accuracy (%) at ε 8 under both gradings."""
-    return {k: {"train_seconds": 1.0, "masked": k in masked, "PGD-5": {"n": n, "acc": {"8": v}},
-                "worst case": {"n": n, "acc": {"8": v}}} for k, v in acc.items()}
+    """Claims input: per student its accuracies (%) at ε 8 under both gradings, one per seed."""
+    acc = {k: v if isinstance(v, list) else [v] for k, v in acc.items()}
+    return {k: {"seeds": list(range(len(v))), "train_seconds": [1.0] * len(v), "masked": k in masked,
+                "PGD-5": {"n": n, "acc": {"8": v}}, "worst case": {"n": n, "acc": {"8": v}}} for k, v in acc.items()}
 
 
 def test_claim_verdicts_non_inferiority_and_holm():
@@ -200,3 +205,24 @@ def test_committed_claims_are_generated_from_the_committed_numbers():
     readme = (root / "README.md").read_text()
     block = readme.split("<!-- claims:fm -->\n")[1].split("\n<!-- /claims:fm -->")[0]
     assert block == reading(claim_cells(res))
+
+
+def test_claims_over_seeds_use_the_seed_paired_differences():
+    """Three seeds: a difference that is steady across seeds holds even where one seed's test sample
+    could not decide it; one that flips sign across seeds is unresolved however large n is."""
+    from fastsat.reproduce import claim_cells
+
+    steady = claim_cells(_res({"sat (weak map)": [52.0, 53.1, 52.6], "noise": [50.0, 51.0, 50.5]}, n=500))
+    cell = steady["SAT > noise (silhouette map)"][("PGD-5", "8")]
+    assert cell.df == 2 and cell.d == pytest.approx(2.067, abs=1e-3) and cell.verdict == "holds"
+    assert cell.sample_margin > cell.d  # one seed's test sample alone would not have decided it
+    flipping = claim_cells(_res({"sat (weak map)": [55.0, 46.0, 56.0], "noise": [50.0, 50.0, 50.0]}, n=100_000))
+    assert flipping["SAT > noise (silhouette map)"][("PGD-5", "8")].verdict == "unresolved"
+
+
+def test_reproduce_refuses_fewer_than_one_seed(tmp_path, capsys):
+    from fastsat.reproduce import main
+
+    assert main(["--out", str(tmp_path / "r"), "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --seeds must be >= 1, got 0"] and not (tmp_path / "r").exists()

@@ -35,11 +35,11 @@ def test_every_method_lowers_its_loss(name):
 
     def loss_now():
         model.train()
-        return training_loss(cfg, model, x, y, b, epoch=3, seed=123)[0].item()
+        return training_loss(cfg, model, x, y, b, p_random=random_prob(3), seed=123)[0].item()
 
     before = loss_now()
     for i in range(6):
-        train_step(cfg, model, opt, x, y, b, epoch=3, seed=derive_seed(0, 3, i))
+        train_step(cfg, model, opt, x, y, b, p_random=random_prob(3), seed=derive_seed(0, 3, i))
     assert loss_now() < before
 
 
@@ -57,7 +57,7 @@ def test_sat_schedule_through_the_dispatcher(epoch):
     positive = torch.rand(32, 32 * 32 * 3) < 0.5
     model = Recorder()
     training_loss(TrainConfig(method="sat", flip=False, pad=0), model, x, torch.zeros(32, dtype=torch.long),
-                  bitlayout.pack_torch(positive), epoch=epoch, seed=9)
+                  bitlayout.pack_torch(positive), p_random=random_prob(epoch), seed=9)
     up = (model.seen > 128 / 255).permute(0, 2, 3, 1).reshape(32, -1)
     follows = (up != positive).double().mean().item()  # δ = −s
     q = 1 - random_prob(epoch) / 2
@@ -67,7 +67,7 @@ def test_sat_schedule_through_the_dispatcher(epoch):
 def test_saliency_method_needs_bits():
     x, y, _ = fixed_batch(4)
     with pytest.raises(InputError, match="saliency"):
-        training_loss(TrainConfig(method="sat"), small_model(), x, y, None, epoch=0, seed=1)
+        training_loss(TrainConfig(method="sat"), small_model(), x, y, None, p_random=0.5, seed=1)
     with pytest.raises(InputError, match="unknown 'sat2'"):
         TrainConfig(method="sat2").validate()
 
@@ -83,3 +83,56 @@ def test_attacks_stay_in_the_ball_and_restore_mode(attack):
     assert (adv - x).abs().max() <= 4 / 255 + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
     assert (adv != x).any()
+
+
+def test_run_schedule_spans_the_papers_decay_whatever_the_run():
+    from fastsat.methods import p_random
+
+    for epochs, steps in [(4, 100), (4, 25), (15, 7), (1, 3)]:
+        cfg = TrainConfig(epochs=epochs, sat_schedule="run")
+        ps = [p_random(cfg, e, s, steps) for e in range(epochs) for s in range(steps)]
+        assert ps[0] == 1.0 and ps[-1] == pytest.approx(0.6 ** 10)
+        assert all(a > b for a, b in zip(ps, ps[1:]))  # strictly falling, per step
+    # the same at the same fraction of the run, whatever the batch size (steps per epoch)
+    a, b = TrainConfig(epochs=4, sat_schedule="run"), TrainConfig(epochs=4, sat_schedule="run")
+    assert p_random(a, 2, 0, 100) == pytest.approx(p_random(b, 2, 0, 101), rel=0.02)
+    paper = TrainConfig(epochs=4, sat_schedule="epoch")
+    assert [p_random(paper, e, 0, 10) for e in range(4)] == [random_prob(e) for e in range(4)]
+
+
+def test_sign_moves_every_element_by_eps_with_a_random_sign():
+    """The random-sign control: |δ| = ε everywhere (before clipping), sign independent of any map."""
+    from fastsat.methods import Batch
+
+    cfg = TrainConfig(method="sign", flip=False, pad=0)
+    x = torch.full((64, 8, 8, 3), 128, dtype=torch.uint8)  # mid-grey: no clipping
+    positive = torch.ones(64, 8, 8, 3, dtype=torch.bool)  # a map of all +1 (SAT would push every element down)
+    bits = bitlayout.pack_torch(positive)
+    out = Batch(x, torch.zeros(64, dtype=torch.long), bits, 0.006, seed=3).sat(cfg, p_random=1.0)
+    delta = out.permute(0, 2, 3, 1) - 128 / 255
+    assert torch.allclose(delta.abs(), torch.full_like(delta, cfg.eps), atol=1e-6)
+    agree = (delta < 0).float().mean().item()  # agreement with −s: ½ within 4σ
+    assert abs(agree - 0.5) < 4 * math.sqrt(0.25 / delta.numel())
+    nomap = Batch(x, torch.zeros(64, dtype=torch.long), None, 0.006, seed=3).sat(cfg, p_random=1.0)
+    assert torch.allclose(nomap.permute(0, 2, 3, 1).sub(128 / 255).abs(), torch.full_like(delta, cfg.eps), atol=1e-6)
+    with pytest.raises(InputError, match="--sal-mix"):
+        TrainConfig(method="sign", sal_mix=True).validate()
+
+
+def test_the_map_mix_and_the_flip_are_independent(tmp_path):
+    """Table 7's per-sample coin and the flip come from streams of their own: they agree about half
+    the time (they used to be the same random numbers: 100%)."""
+    from fastsat.augment import augment
+    from fastsat.methods import mix_saliency
+
+    agree, total = 0, 0
+    for step in range(20):
+        seed = derive_seed(0, "step", 0, 0, step)
+        n = 256
+        a, b = torch.zeros(n, 4, dtype=torch.uint8), torch.ones(n, 4, dtype=torch.uint8)
+        took_first = mix_saliency(a, b, torch.Generator().manual_seed(derive_seed(seed, "map_mix")))[:, 0] == 0
+        x = torch.arange(4, dtype=torch.float32).view(1, 1, 1, 4).expand(n, 1, 1, 4).contiguous()
+        flipped = augment(x, 0, True, torch.Generator().manual_seed(derive_seed(seed, "augment")))[:, 0, 0, 0] == 3
+        agree += (took_first == flipped).sum().item()
+        total += n
+    assert abs(agree / total - 0.5) < 4 * math.sqrt(0.25 / total), agree / total

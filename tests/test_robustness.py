@@ -92,7 +92,7 @@ def test_eval_sample_is_stratified_and_seeded():
     assert np.array_equal(idx, sample_indices(labels, 100, seed=3))
     assert not np.array_equal(idx, sample_indices(labels, 100, seed=4))
     uneven = np.array([0] * 90 + [1] * 10)
-    assert np.bincount(uneven[stratified(uneven, 20, 0)]).tolist() == [18, 2]
+    assert np.bincount(uneven[stratified(uneven, 20, 0, "eval sample")]).tolist() == [18, 2]
 
 
 def test_holdout_split_is_disjoint_and_reproducible():

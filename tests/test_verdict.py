@@ -252,3 +252,16 @@ def test_compare_reuses_only_identical_runs(tmp_path, tiny_flags, digits, capsys
     assert len(beside) == 1 and json.loads((beside[0] / "config.json").read_text())["config"]["epochs"] == 2
     assert compare_main([*flags, "--frontier-eps", "3"]) == 2
     assert "--frontier-eps 3 is not one of --eval-eps [2]" in capsys.readouterr().err
+
+
+def test_adding_an_attack_leaves_the_other_rows_unchanged(trained):
+    """Every attack draws from a stream named by the attack and ε, not by its position in the list."""
+    model, x, y, _ = trained
+    data = as_data(x[:48], y[:48])
+    few = robustness(model, data, TrainConfig(eval_eps=[2, 8], eval_noise=[8], eval_aa="none", eval_checks=False), 10,
+                     progress=False)
+    more = robustness(model, data, TrainConfig(eval_eps=[1, 2, 8], eval_noise=[4, 8], eval_aa="apgd-ce",
+                                               eval_aa_steps=2, eval_checks=False), 10, progress=False)
+    for row in ("pgd20", "saliency"):
+        assert {e: more["attacks"][row][e] for e in ("2", "8")} == few["attacks"][row]
+    assert more["attacks"]["noise"]["8"] == few["attacks"]["noise"]["8"]
