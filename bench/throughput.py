@@ -26,7 +26,7 @@ from fastsat.kernels.spec import derive_seed, random_prob  # noqa: E402
 from fastsat.methods import train_step  # noqa: E402
 from fastsat.models import build_model  # noqa: E402
 
-BENCH_METHODS = ("standard", "noise", "sat", "sign", "fgsm_rs", "pgd", "pgd_sat", "trades", "trades_sat")
+BENCH_METHODS = ("standard", "noise", "sat", "sign", "fgsm_rs", "n_fgsm", "pgd", "pgd_sat", "trades", "trades_sat")
 
 
 def synthetic_batches(device, batch: int, nbatches: int = 4):

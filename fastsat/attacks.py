@@ -81,6 +81,23 @@ class FGSMRS(Attack):
 
 
 @dataclass
+class NFGSM(Attack):
+    """N-FGSM (de Jorge et al. 2022): noise η ~ U(−kε, kε) kept inside [−x, 1 − x], one step of
+    alpha_ratio·ε on the gradient at x + η, and **no projection** back to the ε-ball (the
+    perturbation may reach (k + 1)·ε): two passes like FGSM-RS, without its catastrophic
+    overfitting at large ε. Train mode, as in the paper."""
+    eps: float = 8 / 255
+    k: float = 2.0
+    alpha_ratio: float = 1.0
+    eval_mode: bool = False
+
+    def perturb(self, model, x, y, generator=None):
+        eta = torch.max(torch.min(_uniform(x, self.k * self.eps, generator), 1 - x), -x).requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x + eta).float(), y), eta)
+        return (x + eta.detach() + self.alpha_ratio * self.eps * grad.sign()).clamp(0, 1)
+
+
+@dataclass
 class TradesAttack(Attack):
     """TRADES inner maximisation (Zhang et al. 2019): ascend KL(f(x') ‖ f(x)) from x + 0.001·N(0, 1)."""
     eps: float = 8 / 255

@@ -86,6 +86,7 @@ class TrainConfig:
                            rule=between(0, 1, lo_open=True))
     pgd_steps: int = opt(5, "training PGD / TRADES steps", rule=at_least(1))
     pgd_alpha: float = opt(2 / 255, "training attack step, pixel units", rule=between(0, 1, lo_open=True))
+    nfgsm_k: float = opt(2.0, "N-FGSM noise magnitude: U(−k·eps, k·eps) (its paper: 2)", rule=between(0, 16))
     trades_beta: float = opt(6.0, "TRADES β (its own CIFAR default; the SAT reference code used 1)", rule=at_least(0))
     hybrid_p: float = opt(0.5, "probability that a hybrid (pgd_sat, ...) batch is the SAT / noise batch",
                           rule=between(0, 1))

@@ -7,6 +7,7 @@
 | sat             | Eq. 9 + Algorithm 1 (fused kernel), then flip/translate           |
 | sign            | x + ε·z, z = ±1 per element (Eq. 9 with P(random) = 1): the control |
 | fgsm_rs         | FGSM from a random start, step 1.25ε (Wong et al. 2020)           |
+| n_fgsm          | noise U(±kε), one unprojected FGSM step of ε (de Jorge et al. 2022) |
 | pgd             | PGD-k, random start (Madry et al.)                                |
 | trades          | CE(clean) + β·KL(f(x_adv) ‖ f(x)), TRADES attack (Zhang et al.)   |
 | X_noise, X_sat  | hybrids: per batch a coin (``hybrid_p``) picks the cheap method, else X |
@@ -23,7 +24,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .attacks import FGSMRS, PGD, TradesAttack, UniformNoise
+from .attacks import FGSMRS, NFGSM, PGD, TradesAttack, UniformNoise
 from .augment import augment
 from .errors import InputError
 from .kernels import bits as bitlayout
@@ -157,6 +158,14 @@ def sign(cfg, model, b: Batch):
                  description="FGSM from a random start, step 1.25·eps (Wong et al. 2020): 2 passes")
 def fgsm_rs(cfg, model, b: Batch):
     return _ce(model, FGSMRS(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("attack")), b.y)
+
+
+@register_method("n_fgsm", single_step=True,
+                 description="N-FGSM (de Jorge et al. 2022): noise U(±nfgsm_k·eps), one unprojected step of eps: "
+                             "2 passes")
+def n_fgsm(cfg, model, b: Batch):
+    attack = NFGSM(cfg.eps, cfg.nfgsm_k)
+    return _ce(model, attack(model, b.clean(cfg), b.y, generator=b.draws("attack")), b.y)
 
 
 @register_method("pgd", description="PGD-pgd_steps from a random start (Madry et al.): pgd_steps + 1 passes")

@@ -15,14 +15,30 @@ CIFAR_LAYERS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": 
 WIDTH = (64, 128, 256, 512)  # channels of the four stages at width 1
 
 
+DEFAULT_CFG = {  # timm's data config of the CIFAR-stem models: CIFAR-10's statistics, 32 px, no crop
+    "input_size": (3, 32, 32), "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616),
+    "num_classes": 10, "crop_pct": 1.0, "interpolation": "bilinear", "first_conv": "conv1", "classifier": "fc"}
+
+
+def _as_dict(cfg) -> dict:
+    return dict(cfg) if isinstance(cfg, dict) else cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+
+
 def _cifar_resnet(layers, width: float = 1.0, **kwargs) -> ResNet:
-    """timm ResNet with a 3×3 stride-1 stem and no max-pool (keeps a 4×4 map at layer4 on 32 px)."""
-    for key in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+    """timm ResNet with a 3×3 stride-1 stem and no max-pool (keeps a 4×4 map at layer4 on 32 px).
+    Its ``pretrained_cfg`` (what ``timm.data.resolve_data_config`` reads) is the default above with
+    the model's channels, overlaid by ``pretrained_cfg_overlay`` (an exported model's own data config)."""
+    overlay = {k: tuple(v) if isinstance(v, list) else v  # from JSON: timm's configs hold tuples
+               for k, v in _as_dict(kwargs.pop("pretrained_cfg_overlay", None) or {}).items()}
+    for key in ("pretrained", "pretrained_cfg", "cache_dir"):
         kwargs.pop(key, None)
     channels = tuple(max(8, int(round(c * width))) for c in WIDTH)
     model = ResNet(block=BasicBlock, layers=layers, channels=channels, stem_width=channels[0], **kwargs)
-    model.conv1 = nn.Conv2d(kwargs.get("in_chans", 3), model.conv1.out_channels, 3, 1, 1, bias=False)
+    in_chans = kwargs.get("in_chans", 3)
+    model.conv1 = nn.Conv2d(in_chans, model.conv1.out_channels, 3, 1, 1, bias=False)
     model.maxpool = nn.Identity()
+    model.pretrained_cfg = model.default_cfg = {**DEFAULT_CFG, "input_size": (in_chans, 32, 32),
+                                                "num_classes": model.num_classes, **overlay}
     return model
 
 

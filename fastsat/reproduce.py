@@ -72,6 +72,7 @@ STUDENTS = {  # label → (method, training beton, extra settings)
     "sat (GBP + box mixed)": ("sat", "mix_adv", {"sal_mix": True}),
     "sign (random ±ε)": ("sign", "train", {}),
     "fgsm_rs": ("fgsm_rs", "train", {}),
+    "n_fgsm": ("n_fgsm", "train", {}),
     "pgd": ("pgd", "train", {}),
     "pgd_sat (adv-teacher GBP)": ("pgd_sat", "gbp_adv", {}),
 }

@@ -136,3 +136,25 @@ def test_the_map_mix_and_the_flip_are_independent(tmp_path):
         agree += (took_first == flipped).sum().item()
         total += n
     assert abs(agree / total - 0.5) < 4 * math.sqrt(0.25 / total), agree / total
+
+
+def test_n_fgsm_matches_a_re_implementation():
+    """N-FGSM as its paper states it: η ~ U(−2ε, 2ε) inside the image range, one step of ε on the
+    sign of the gradient at x + η, no projection to the ε-ball; train mode."""
+    from fastsat.attacks import NFGSM
+    from fastsat.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet10", 10, (0.5,) * 3, (0.25,) * 3, width=0.125).train()
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    eps = 8 / 255
+    ours = NFGSM(eps)(model, x, y, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    eta = (torch.rand(x.shape, generator=g) * 2 - 1) * 2 * eps
+    eta = torch.clamp(eta, -x, 1 - x).requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x + eta), y).backward()
+    expected = torch.clamp(x + eta.detach() + eps * eta.grad.sign(), 0, 1)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert (ours - x).abs().max() > eps + 1e-4  # unprojected: beyond the ε-ball
+    assert (ours - x).abs().max() <= 3 * eps + 1e-6
+    assert METHODS.get("n_fgsm").single_step

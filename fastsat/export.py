@@ -1,0 +1,126 @@
+"""python -m fastsat.export: a fastsat run's model for the tools around it — timm + safetensors, a
+RobustBench-style model card.
+
+    python -m fastsat.export --checkpoint runs/x/best.pt --out exported/x
+
+Writes OUT/model.safetensors (the timm network's own state dict: timm-native keys, plain tensors,
+no pickle), OUT/config.json (timm's hub layout: architecture, num_classes, model_args,
+pretrained_cfg with the run's input size, mean and std) and OUT/robustbench.json (RobustBench's
+``model_info`` fields from the run's verdict, plus fastsat's: worst case, masking flags, training
+images/s, epochs, seed). Normalisation is carried as timm carries it: in ``pretrained_cfg``, which
+``timm.data.resolve_data_config`` / ``create_transform`` apply, so the network takes
+(x − mean) / std of pixels x in [0, 1]. Load it where only the architecture comes from fastsat:
+
+    import json, timm, fastsat.models
+    cfg = json.load(open("OUT/config.json"))
+    model = timm.create_model(cfg["architecture"], num_classes=cfg["num_classes"], **cfg["model_args"],
+                              pretrained_cfg_overlay=cfg["pretrained_cfg"], checkpoint_path="OUT/model.safetensors")
+
+A run without a verdict (no robustness.json beside the checkpoint) is still exported; its
+robustbench.json then says "evaluation": "missing" and holds no accuracy.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import ArgumentParser, InputError, run_cli
+from .files import atomic_write, atomic_write_text
+
+
+def timm_config(ckpt: dict) -> dict:
+    """config.json in timm's hub layout for the checkpoint's model."""
+    from .models import build_model
+
+    a = ckpt["model_args"]
+    net = build_model(a["name"], a["num_classes"], a["mean"], a["std"], a.get("width", 1.0))[1]
+    h, w, c = a["image_shape"]
+    model_args = {"in_chans": c, **({"width": a["width"]} if a.get("width", 1.0) != 1.0 else {})}
+    pretrained_cfg = {**{k: v for k, v in net.pretrained_cfg.items() if k not in ("mean", "std", "input_size")},
+                      "input_size": [c, h, w], "mean": list(a["mean"]), "std": list(a["std"]),
+                      "num_classes": a["num_classes"]}
+    return {"architecture": _timm_name(a["name"]), "num_classes": a["num_classes"],
+            "model_args": model_args, "pretrained_cfg": pretrained_cfg}
+
+
+def _timm_name(name: str) -> str:
+    from .models import CIFAR_MODELS
+
+    return f"fastsat_{name}_cifar" if f"fastsat_{name}_cifar" in CIFAR_MODELS else name
+
+
+def robustbench_entry(ckpt: dict, run: Path, name: str) -> dict:
+    """RobustBench's model_info fields (strings as its entries write them) and fastsat's additions."""
+    cfg = ckpt["config"]
+    report_path, summary_path = run / "robustness.json", run / "summary.json"
+    entry = {"link": "", "name": name, "authors": "", "additional_data": False,
+             "number_forward_passes": 1, "dataset": ckpt["identity"]["dataset"], "venue": "",
+             "architecture": f"{_timm_name(ckpt['model_args']['name'])} (width {ckpt['model_args'].get('width', 1.0)})",
+             "eps": f"{round(cfg['eps'] * 255)}/255", "clean_acc": None, "reported": None, "autoattack_acc": None,
+             "footnote": "", "unreliable": False}
+    fastsat = {"method": cfg["method"], "epochs": cfg["epochs"], "seed": cfg["seed"], "training_eps": cfg["eps"]}
+    if not report_path.is_file():
+        entry["footnote"] = "not evaluated: no robustness.json beside the checkpoint"
+        return {**entry, "fastsat": {**fastsat, "evaluation": "missing"}}
+    report = json.loads(report_path.read_text())
+    eps = f"{round(cfg['eps'] * 255):g}"
+    rows = report["attacks"]
+    aa = report["settings"].get("autoattack", {})
+    entry["clean_acc"] = f"{report['clean']:.2f}"
+    if "autoattack" in rows and eps in rows["autoattack"]:
+        entry["autoattack_acc"] = entry["reported"] = f"{rows['autoattack'][eps]:.2f}"
+        entry["footnote"] = (f"AutoAttack {aa.get('version')} by {aa.get('implementation')}, {aa.get('steps')} "
+                             f"iterations, n = {report['n']} {report['data']['dataset']}/{report['data']['split']}")
+    else:
+        entry["footnote"] = f"AutoAttack was not run at ε = {eps}/255"
+    entry["unreliable"] = bool(report.get("masked"))
+    fastsat.update(n=report["n"], worst_case=rows.get("worst_case", {}), masked=report.get("masked", False),
+                   failed_checks=report.get("failed_checks", []), stochastic=report.get("stochastic", False),
+                   autoattack=aa, evaluation="done")
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        fastsat.update(train_seconds=summary["train_seconds"], images_per_s=summary["images_per_s"])
+    return {**entry, "fastsat": fastsat}
+
+
+def export(checkpoint: Path, out: Path, overwrite: bool = False) -> str:
+    from safetensors.torch import save_file
+
+    from .runs import load_checkpoint
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"--out {out} exists and is not empty (--overwrite replaces its files)")
+    ckpt = load_checkpoint(checkpoint, "cpu")
+    net = ckpt["model"][1]
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write_text(out / "config.json", json.dumps(timm_config(ckpt), indent=1))
+    entry = robustbench_entry(ckpt, Path(checkpoint).parent, out.name)
+    atomic_write_text(out / "robustbench.json", json.dumps(entry, indent=1))
+    return f"wrote {out}/model.safetensors, config.json, robustbench.json"
+
+
+def parser() -> ArgumentParser:
+    import argparse
+
+    ap = ArgumentParser(prog="python -m fastsat.export", description=__doc__.split("\n\n")[0],
+                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, required=True, help="best.pt or checkpoint.pt of a fastsat run")
+    ap.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    ap.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out")
+    return ap
+
+
+def main(argv=None) -> int:
+    def body():
+        args = parser().parse_args(argv)
+        return export(args.checkpoint, args.out, args.overwrite)
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
