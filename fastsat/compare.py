@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import build_parser, config_from_args
+from .config import build_parser, config_from_args, read_recipes
 from .errors import InputError, masked_exit, run_cli
 from .methods import METHODS
 
@@ -29,6 +29,10 @@ def parser():
     ap.add_argument("--seeds", type=int, default=1, help="runs per method, seeds --seed, --seed + 1, ...")
     ap.add_argument("--frontier-eps", type=float, default=None,
                     help="ε (1/255) of the frontier plot, one of --eval-eps (default: the largest)")
+    ap.add_argument("--recipes", type=Path,
+                    help="TOML / YAML / JSON table {method: {setting: value}}: each method's own training recipe "
+                         "(e.g. fgsm_rs with optimizer sgd, lr_schedule onecycle, weight_decay 5e-4), recorded in "
+                         "every run's config and in the table")
     ap.add_argument("--beside", action="store_true",
                     help="a method's folder holds a run made with other settings or data: train a fresh run next "
                          "to it (folder name + a hash of the settings) instead of refusing")
@@ -47,7 +51,9 @@ def main(argv=None) -> int:
         for m in methods:
             METHODS.get(m)
         eps = args.frontier_eps if args.frontier_eps is not None else max(base.eval_eps)
-        table, summaries = compare(base, methods, args.seeds, Path(base.out), eps, beside=args.beside)
+        recipes = read_recipes(args.recipes, methods) if args.recipes else None
+        table, summaries = compare(base, methods, args.seeds, Path(base.out), eps, beside=args.beside,
+                                   recipes=recipes)
         return table, masked_exit([s["robustness"] for s in summaries], base.fail_on_masking)
     return run_cli(body)
 

@@ -168,8 +168,10 @@ def settings_hash(cfg: TrainConfig) -> str:
 
 
 def compare(base: TrainConfig, methods: list[str], seeds: int, out: Path, frontier_eps: float,
-            progress: bool = True, beside: bool = False) -> tuple[str, list[dict]]:
-    """The table, and every run's summary."""
+            progress: bool = True, beside: bool = False, recipes: dict | None = None) -> tuple[str, list[dict]]:
+    """The table, and every run's summary. ``recipes``: per method, settings that replace the base
+    config's (its own optimizer, schedule, ...), recorded in each run's config and in the table."""
+    recipes = recipes or {}
     if seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {seeds}")
     if not any(math.isclose(frontier_eps, e) for e in base.eval_eps):
@@ -179,11 +181,15 @@ def compare(base: TrainConfig, methods: list[str], seeds: int, out: Path, fronti
         by_method[method] = []
         for k in range(seeds):
             folder = out / method / f"seed{base.seed + k}" if seeds > 1 else out / method
-            cfg = dataclasses.replace(base, method=method, seed=base.seed + k, out=str(folder)).validate()
+            cfg = dataclasses.replace(base, **recipes.get(method, {}), method=method, seed=base.seed + k,
+                                      out=str(folder)).validate()
             if progress:
                 print(f"== {method}, seed {cfg.seed}", file=sys.stderr)
             by_method[method].append(run_one(cfg, progress, beside))
     table = side_by_side(by_method)
+    if recipes:
+        table += "\n\nRecipes (settings that differ from the base config): " + "; ".join(
+            f"{m}: " + ", ".join(f"{k}={v}" for k, v in r.items()) for m, r in recipes.items()) + "."
     atomic_write_text(out / "comparison.md", table + "\n")
     atomic_write_text(out / "comparison.json", json.dumps(
         {m: [{k: v for k, v in s.items() if k != "table"} for s in ss] for m, ss in by_method.items()}, indent=1))

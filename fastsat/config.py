@@ -96,8 +96,13 @@ class TrainConfig:
     optimizer: str = opt("adam", "adam (the paper's) or sgd (momentum 0.9, nesterov)", choices=lambda: ["adam", "sgd"])
     lr: float = opt(1e-3, "learning rate (paper: Adam, 1e-3)", rule=above(0))
     weight_decay: float = opt(0.0, "weight decay", rule=at_least(0))
-    schedule: str = opt("none", "learning-rate schedule: constant, cosine, or ×0.1 at 50% and 75% of the epochs",
-                        choices=lambda: ["none", "cosine", "step"])
+    lr_schedule: str = opt("none", "learning-rate schedule, per step: none (constant: the paper's Adam), cosine, "
+                                   "step (×0.1 at 50% and 75% of the run), onecycle (linear 0 → lr over the first "
+                                   "warmup fraction, then linear to 0: the fast-AT baselines' recipe)",
+                           choices=lambda: ["none", "cosine", "step", "onecycle"])
+    warmup: float = opt(0.4, "onecycle: fraction of the run spent rising to lr", rule=between(0, 1, lo_open=True,
+                                                                                               hi_open=True))
+    label_smoothing: float = opt(0.0, "label smoothing of the training cross-entropy", rule=between(0, 1, hi_open=True))
     amp: bool = opt(True, "float16 autocast + grad scaling on CUDA (ignored on CPU)")
     seed: int = opt(0, "model init, loader order, holdout split, every random draw", rule=at_least(0))
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", role="free")
@@ -137,6 +142,7 @@ class TrainConfig:
     overwrite: bool = opt(False, "replace the fastsat run in --out (kept until the new one has a checkpoint)", role="free")
     allow_other_data: bool = opt(False, "grade on a test beton of another dataset than the training data "
                                         "(same classes and image shape; the report says so)", role="free")
+    log_csv: bool = opt(False, "also write metrics.csv (the metrics.jsonl fields, one row per epoch)", role="free")
     allow_change: bool = opt(False, "with --resume: accept changed settings (recorded in config.json with "
                                     "the epoch they took effect)", role="free")
 
@@ -212,6 +218,29 @@ def parse_list(text: str) -> list:
 
 def read_config_file(path: Path) -> dict:
     """A TOML / YAML / JSON file of TrainConfig keys; unknown keys are an error."""
+    data = read_table(path)
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise InputError(f"config file {path}: unknown keys {', '.join(unknown)}")
+    return data
+
+
+def read_recipes(path: Path, methods: list[str]) -> dict[str, dict]:
+    """A TOML / YAML / JSON table {method: {TrainConfig key: value}} of per-method training recipes
+    (e.g. SGD + one-cycle for fgsm_rs, the paper's Adam for sat); only keys that shape training."""
+    data = read_table(path)
+    allowed = role_names("run") - {"method", "train", "val", "seed"}
+    for method, recipe in data.items():
+        if method not in methods:
+            raise InputError(f"recipes {path}: {method!r} is not one of --methods ({', '.join(methods)})")
+        bad = sorted(set(recipe) - allowed) if isinstance(recipe, dict) else ["(not a table)"]
+        if bad:
+            raise InputError(f"recipes {path}: {method}: keys {', '.join(bad)} are not training settings")
+    return data
+
+
+def read_table(path: Path) -> dict:
+    """A TOML / YAML / JSON file holding a table."""
     if not path.is_file():
         raise InputError(f"config file {path} not found")
     text = path.read_text()
@@ -228,9 +257,6 @@ def read_config_file(path: Path) -> dict:
         raise InputError(f"config file {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise InputError(f"config file {path}: expected a table of keys, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise InputError(f"config file {path}: unknown keys {', '.join(unknown)}")
     return data
 
 

@@ -1,6 +1,6 @@
 """The README's main command, on the embedded digits set (no download), in minutes on 2 CPU cores.
 
-Writes the digits betons if missing, then trains standard, noise, SAT and FGSM-RS with the same
+Writes the digits betons if missing, then trains standard, noise, SAT, the random-sign control, FGSM-RS and N-FGSM with the same
 narrow ResNet-10 and prints their robustness side by side (``fastsat.comparison``): PGD-20,
 AutoAttack, the white-box saliency attack and the per-sample worst case, with the masking checks
 in each run's ``robustness.md``. Plots and per-method reports land in ``runs/demo``. Extra
@@ -41,7 +41,7 @@ def ensure_digits(data: Path) -> dict[str, Path]:
 DEMO = ["--model", "resnet10", "--width", "0.25", "--epochs", "15", "--batch-size", "64", "--lr", "2e-3",
         "--eval-eps", "2,4,8", "--eval-noise", "8,32", "--eval-aa", "apgd-ce,apgd-dlr", "--out", "runs/demo",
         "--overwrite"]
-METHODS = "standard,noise,sat,fgsm_rs"
+METHODS = "standard,noise,sat,sign,fgsm_rs,n_fgsm"
 FRONTIER_EPS = 4.0
 
 

@@ -126,38 +126,40 @@ class Batch:
         return augment(x, cfg.pad, cfg.flip, self.draws("augment"))
 
 
-def _ce(model, x, y):
+def _ce(model, x, y, smoothing: float = 0.0):
     logits = model(x)
-    return F.cross_entropy(logits, y), logits
+    return F.cross_entropy(logits, y, label_smoothing=smoothing), logits
 
 
 @register_method("standard", description="clean images (the cost baseline)", selection="clean")
 def standard(cfg, model, b: Batch):
-    return _ce(model, b.clean(cfg), b.y)
+    return _ce(model, b.clean(cfg), b.y, cfg.label_smoothing)
 
 
 @register_method("noise", description="x + U(−eps, eps) per element, clipped (same cost as standard)",
                  selection="clean")
 def noise(cfg, model, b: Batch):
-    return _ce(model, UniformNoise(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("noise")), b.y)
+    x = UniformNoise(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("noise"))
+    return _ce(model, x, b.y, cfg.label_smoothing)
 
 
 @register_method("sat", needs_saliency=True,
                  description="Eq. 9: stored saliency signs, each random with P(random) (sat_schedule; fused kernel)")
 def sat(cfg, model, b: Batch):
-    return _ce(model, b.sat(cfg), b.y)
+    return _ce(model, b.sat(cfg), b.y, cfg.label_smoothing)
 
 
 @register_method("sign", description="x + eps·z, z = ±1 per element, clipped: Eq. 9 with P(random) = 1 on the "
                                      "same kernel, at SAT's cost — the control that separates the map from ±eps noise")
 def sign(cfg, model, b: Batch):
-    return _ce(model, b.sat(cfg, p_random=1.0), b.y)
+    return _ce(model, b.sat(cfg, p_random=1.0), b.y, cfg.label_smoothing)
 
 
 @register_method("fgsm_rs", single_step=True,
                  description="FGSM from a random start, step 1.25·eps (Wong et al. 2020): 2 passes")
 def fgsm_rs(cfg, model, b: Batch):
-    return _ce(model, FGSMRS(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("attack")), b.y)
+    x = FGSMRS(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("attack"))
+    return _ce(model, x, b.y, cfg.label_smoothing)
 
 
 @register_method("n_fgsm", single_step=True,
@@ -165,13 +167,14 @@ def fgsm_rs(cfg, model, b: Batch):
                              "2 passes")
 def n_fgsm(cfg, model, b: Batch):
     attack = NFGSM(cfg.eps, cfg.nfgsm_k)
-    return _ce(model, attack(model, b.clean(cfg), b.y, generator=b.draws("attack")), b.y)
+    return _ce(model, attack(model, b.clean(cfg), b.y, generator=b.draws("attack")), b.y, cfg.label_smoothing)
 
 
 @register_method("pgd", description="PGD-pgd_steps from a random start (Madry et al.): pgd_steps + 1 passes")
 def pgd(cfg, model, b: Batch):
     x = b.clean(cfg)
-    return _ce(model, PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.draws("attack")), b.y)
+    x = PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.draws("attack"))
+    return _ce(model, x, b.y, cfg.label_smoothing)
 
 
 @register_method("trades", description="CE(clean) + trades_beta·KL(f(x_adv) ‖ f(x)) (Zhang et al. 2019)")
@@ -181,7 +184,7 @@ def trades(cfg, model, b: Batch):
     logits = model(x).float()  # separate forward passes, as the TRADES reference (BatchNorm sees
     logits_adv = model(adv).float()  # the clean and the adversarial batch apart)
     kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
-    return F.cross_entropy(logits, b.y) + cfg.trades_beta * kl, logits
+    return F.cross_entropy(logits, b.y, label_smoothing=cfg.label_smoothing) + cfg.trades_beta * kl, logits
 
 
 for _strong in ("pgd", "trades"):

@@ -189,7 +189,7 @@ def _resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
     if state["identity"] != identity:
         raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
     changed = differing(state["config"], cfg, roles=("run",))  # evaluation and bookkeeping may change
-    if cfg.schedule == "none":  # a constant learning rate: more epochs continue the same run
+    if cfg.lr_schedule == "none":  # a constant learning rate: more epochs continue the same run
         changed.pop("epochs", None)
     if changed and not cfg.allow_change:
         raise InputError("--resume: " + ", ".join(f"{k} is {new!r} but the run in {out} used {was!r}"
@@ -249,12 +249,15 @@ def _history(run: Run) -> list[dict]:
     return kept
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """The schedule: constant (the paper's Adam), cosine, or ×0.1 at 50% and 75% of the epochs."""
-    if cfg.schedule == "cosine":
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
-    if cfg.schedule == "step":
-        return cfg.lr * (0.1 ** ((epoch >= cfg.epochs // 2) + (epoch >= 3 * cfg.epochs // 4)))
+def lr_at(cfg: TrainConfig, progress: float) -> float:
+    """The learning rate at ``progress`` ∈ [0, 1) of the run (per step): constant (the paper's Adam),
+    cosine, ×0.1 at 50% and 75%, or one-cycle (0 → lr over ``warmup``, then back to 0)."""
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+    if cfg.lr_schedule == "step":
+        return cfg.lr * 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+    if cfg.lr_schedule == "onecycle":
+        return cfg.lr * (progress / cfg.warmup if progress < cfg.warmup else (1 - progress) / (1 - cfg.warmup))
     return cfg.lr
 
 
@@ -263,9 +266,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
     from tqdm import tqdm
 
     cfg, device = run.cfg, run.device
-    lr = lr_at(cfg, epoch)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    steps = len(run.batches)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step whose loss is not finite
@@ -277,8 +278,11 @@ def train_epoch(run: Run, epoch: int) -> dict:
         seed = derive_seed(cfg.seed, "step", run.rank, epoch, step)  # every draw of this step derives from it
         if cfg.sal_mix:
             sal = mix_saliency(sal, sal2, mix_gen.manual_seed(derive_seed(seed, "map_mix")))
-        p = p_random(cfg, epoch, step, len(run.batches))
+        p = p_random(cfg, epoch, step, steps)
         p_sum += p
+        lr = lr_at(cfg, (epoch * steps + step) / (cfg.epochs * steps))
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
         loss, ok = train_step(cfg, run.net, run.optimizer, x, y, sal, p_random=p, seed=seed, scaler=run.scaler,
                               granularity=run.granularity or "element")
         apply_masks(run.masks)  # pruned weights stay zero
@@ -335,9 +339,12 @@ def collapsed(previous: Optional[float], now: float, drop: float) -> bool:
 
 
 def save(run: Run, epoch: int, line: dict, stats: dict, best: dict) -> None:
-    """metrics.jsonl first, then the checkpoint (a kill between them: the resume drops the line)."""
+    """metrics.jsonl (and metrics.csv) first, then the checkpoint (a kill between them: the resume
+    drops the line)."""
     with open(run.out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
+    if run.cfg.log_csv:
+        write_csv(run.out)
     state = {"config": dataclasses.asdict(run.cfg), "model_args": model_args(run.cfg, run.info),
              "identity": run.identity, "epoch": epoch + 1, "model_state": run.model.state_dict(),
              "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
@@ -346,6 +353,20 @@ def save(run: Run, epoch: int, line: dict, stats: dict, best: dict) -> None:
         save_checkpoint(run.out / BEST, {k: state[k] for k in ("config", "model_args", "identity", "epoch",
                                                               "model_state", "best")})
     save_checkpoint(run.out / CHECKPOINT, state)
+
+
+def write_csv(out: Path) -> None:
+    """metrics.csv from metrics.jsonl (every field of every epoch; a column per field)."""
+    import csv
+    import io
+
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    fields = list(dict.fromkeys(k for m in lines for k in m))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(lines)
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
 
 
 def _log(run: Run, line: dict) -> None:

@@ -296,7 +296,8 @@ TRAIN_BAD = [["--lr", "-1"], ["--pad", "-3"], ["--width", "-1"], ["--width", "0"
              ["--out", "__file__"], ["--holdout", "0"], ["--holdout", "99999"], ["--epochs", "0"],
              ["--holdout", "inf"], ["--width", "inf"], ["--lr", "inf"], ["--trades-beta", "inf"], ["--lr", "nan"],
              ["--seed", str(2 ** 70)], ["--pad", "1000"], ["--workers", "1000"], ["--eval-eps", "1e999"],
-             ["--sat-schedule", "cosine"], ["--method", "sign", "--sal-mix"]]
+             ["--sat-schedule", "cosine"], ["--method", "sign", "--sal-mix"], ["--optimizer", "rmsprop"],
+             ["--weight-decay", "-1"], ["--label-smoothing", "1"], ["--lr-schedule", "linear"], ["--warmup", "1"]]
 
 
 @pytest.mark.parametrize("flags", TRAIN_BAD, ids=lambda f: " ".join(f))

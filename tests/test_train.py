@@ -195,3 +195,52 @@ def test_samples_without_saliency_get_random_bits(tmp_path):
     assert len(fills) == 2 and all(f.any() for f in fills)  # ... fed as random bits
     assert not torch.equal(fills[0], fills[1])  # fresh in every epoch
     assert truth[2][1] is None and sum(t[1] is None for t in truth.values()) == 1
+
+
+def test_lr_schedules_per_step():
+    import math
+
+    from fastsat.config import TrainConfig
+    from fastsat.trainer import lr_at
+
+    one = TrainConfig(lr=0.2, lr_schedule="onecycle", warmup=0.4)
+    assert [round(lr_at(one, p), 6) for p in (0.0, 0.2, 0.4, 0.7, 1.0)] == [0.0, 0.1, 0.2, 0.1, 0.0]
+    cos = TrainConfig(lr=0.2, lr_schedule="cosine")
+    assert lr_at(cos, 0.5) == pytest.approx(0.1) and lr_at(cos, 0.0) == 0.2
+    step = TrainConfig(lr=0.2, lr_schedule="step")
+    assert [lr_at(step, p) for p in (0.49, 0.5, 0.8)] == pytest.approx([0.2, 0.02, 0.002])
+    assert lr_at(TrainConfig(lr=0.2), 0.9) == 0.2 and not math.isnan(lr_at(one, 0.999))
+
+
+def test_label_smoothing_reaches_the_loss():
+    import torch.nn.functional as F
+
+    from fastsat.config import TrainConfig
+    from fastsat.methods import training_loss
+    from fastsat.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet10", 10, (0.5,) * 3, (0.25,) * 3, width=0.125).eval()
+    x, y = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8), torch.randint(0, 10, (8,))
+    cfg = TrainConfig(method="standard", flip=False, pad=0, label_smoothing=0.1)
+    loss, logits = training_loss(cfg, model, x, y, p_random=1.0, seed=0)
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-6)
+    assert loss.item() != pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+
+
+def test_compare_gives_each_method_its_recipe_and_a_csv_log(tmp_path, tiny_flags, capsys):
+    (tmp_path / "recipes.toml").write_text('[standard]\noptimizer = "sgd"\nlr = 0.05\nweight_decay = 5e-4\n'
+                                           'lr_schedule = "onecycle"\n')
+    out = tmp_path / "cmp"
+    flags = [*tiny_flags, "--methods", "standard", "--epochs", "2", "--out", str(out), "--eval-eps", "2",
+             "--log-csv", "--recipes", str(tmp_path / "recipes.toml")]
+    assert compare_main(flags) == 0
+    cfg = json.loads((out / "standard" / "config.json").read_text())["config"]
+    assert (cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["lr_schedule"]) == ("sgd", 0.05, 5e-4, "onecycle")
+    assert "Recipes" in (out / "comparison.md").read_text()
+    rows = (out / "standard" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,lr,loss")
+    (tmp_path / "bad.toml").write_text('[standard]\nout = "elsewhere"\n')
+    capsys.readouterr()
+    assert compare_main([*flags[:-1], str(tmp_path / "bad.toml")]) == 2
+    assert "not training settings" in capsys.readouterr().err
