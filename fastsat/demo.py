@@ -1,7 +1,7 @@
 """The README's main command, on the embedded digits set (no download), in minutes on 2 CPU cores.
 
-Writes the digits betons if missing, then trains standard, noise, SAT, the random-sign control, FGSM-RS and N-FGSM with the same
-narrow ResNet-10 and prints their robustness side by side (``fastsat.comparison``): PGD-20,
+Writes the digits betons if missing, then trains standard, noise, SAT, the random-sign control,
+FGSM-RS and N-FGSM with the same narrow ResNet-10 and prints their robustness side by side (``fastsat.comparison``): PGD-20,
 AutoAttack, the white-box saliency attack and the per-sample worst case, with the masking checks
 in each run's ``robustness.md``. Plots and per-method reports land in ``runs/demo``. Extra
 arguments are ``fastsat.compare`` flags (e.g. ``--seeds 3``).
