@@ -1,4 +1,4 @@
-"""Batched flip / translate applied *after* the SAT perturbation (DESIGN.md §4).
+"""Batched flip / translate applied *after* the SAT perturbation.
 
 Clipping is elementwise, so perturbing first and transforming the perturbed batch equals
 transforming image and saliency together: augmentation can never misalign the saliency.

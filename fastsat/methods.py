@@ -107,7 +107,7 @@ class Batch:
         return augment(to_unit(self.x), cfg.pad, cfg.flip, self.draws("augment"))
 
     def sat(self, cfg, p_random: Optional[float] = None) -> torch.Tensor:
-        """Eq. 9 + Algorithm 1 on the stored signs, then flip/translate (perturb first: DESIGN §4).
+        """Eq. 9 + Algorithm 1 on the stored signs, then flip/translate (perturb first: see augment.py).
         ``p_random=1`` ignores the signs: the random-sign control, on the same kernel."""
         from .kernels.sat import sat_perturb  # Triton loads only when a batch needs it
 

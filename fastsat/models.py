@@ -1,7 +1,7 @@
 """timm ResNets for SAT: CIFAR-size stems registered with timm, normalization as the first layer.
 
 Inputs to every model built here are pixels in [0, 1] (NCHW, channels_last welcome); mean/std are
-applied inside, so attacks and the SAT kernel all work in pixel space (DESIGN.md §3).
+applied inside, so attacks and the SAT kernel all work in pixel space [0, 1].
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ teacher saliency rebuild the model without a training config. The output folder 
   says so) and holds none of the run's inputs; the old run is moved aside when the new one starts
   writing and deleted only once the new one has saved its first checkpoint — any failure before
   that puts it back (a killed process's leftovers are sorted out by the next run on that folder);
-* ``--resume``: see ``train.py``.
+* ``--resume``: see ``trainer._resume_state`` (same data, same training settings, or ``--allow-change``).
 """
 from __future__ import annotations
 

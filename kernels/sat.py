@@ -187,7 +187,7 @@ def _sat_kernel(out_ptr, x_ptr, bits_ptr, sample_elems, sample_bytes, eps, thres
 
 def default_block(sample_elems: int) -> int:
     """BLOCK per program: the largest of 2048/1024/512 that pads a sample by ≤ 1/16 (measured best
-    on H100, bench/RESULTS.md); one block per sample under the interpreter (per-program overhead)."""
+    on the H200, bench/RESULTS.md); one block per sample under the interpreter (per-program overhead)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return max(4, min(1 << 16, triton.next_power_of_2(sample_elems)))
     for block in (2048, 1024, 512):

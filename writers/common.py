@@ -1,7 +1,7 @@
 """What every writer shares: the sample contract, Eq. 10 (weak saliency), image files, errors.
 
 A writer is a sequence of samples ``(image, label, positive)``:
-  image    (H, W, 3) uint8, the exact bytes the beton stores;
+  image    (H, W, C) uint8 (C = 3, or 1 for grayscale), the exact bytes the beton stores;
   label    int;
   positive (H, W) bool, True ⇔ s = +1 (Eq. 10: inside the box / mask), or None (no saliency).
 Every sample of one writer has the same image shape. Writers read the datasets' official layouts.
