@@ -168,12 +168,13 @@ def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True
     stochastic = is_stochastic(model, data)
     version = aa_version(cfg, stochastic)
     rows: dict[str, dict[str, torch.Tensor]] = {}
+    seconds: dict[str, dict[str, float]] = {}  # where grading time goes: per row and ε, per check
     for name, eps, attack in tqdm(jobs(cfg, data, n_classes, version), desc="robustness", disable=not progress,
                                   leave=False):
-        rows.setdefault(name, {})[f"{eps:g}"] = correct_under(model, data, attack,
-                                                              seed=derive_seed(cfg.seed, "eval", name, f"{eps:g}"))
+        rows.setdefault(name, {})[f"{eps:g}"] = timed(seconds, name, f"{eps:g}", lambda: correct_under(
+            model, data, attack, seed=derive_seed(cfg.seed, "eval", name, f"{eps:g}")))
     checked = cfg.eval_protocol == "default" and cfg.eval_checks
-    masking = masking_checks(model, data, cfg, rows, version) if checked else None
+    masking = masking_checks(model, data, cfg, rows, version, seconds) if checked else None
     worst = {f"{e:g}": clean for e in cfg.eval_eps}  # at the attacks' ε (noise alone elsewhere says little)
     for by_eps in rows.values():
         for e, c in by_eps.items():
@@ -182,7 +183,8 @@ def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True
     attacks = {name: {e: _pct(c) for e, c in by_eps.items()} for name, by_eps in rows.items()}
     attacks["worst_case"] = {e: _pct(worst[e]) for e in sorted(worst, key=float)}
     report = {"n": len(data.y), "per_class": data.per_class, "data": data.source, "settings": settings(cfg, version),
-              "clean": _pct(clean), "attacks": attacks, "stochastic": stochastic, "masked": False}
+              "clean": _pct(clean), "attacks": attacks, "stochastic": stochastic, "masked": False,
+              "seconds": seconds}
     if len(data.y) < data.source["size"]:
         report["indices"] = data.indices.tolist()
     if masking is not None:
@@ -194,6 +196,16 @@ def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True
     return report
 
 
+def timed(seconds: dict, name: str, key: str, work):
+    """``work()``, its wall time recorded in ``seconds[name][key]``."""
+    import time
+
+    t0 = time.perf_counter()
+    out = work()
+    seconds.setdefault(name, {})[key] = time.perf_counter() - t0
+    return out
+
+
 def white_box_rows(rows, aa_attacks: tuple) -> list[str]:
     """Rows of gradient attacks only: PGD, TRADES, the saliency attack, and AutoAttack unless its
     list holds the black-box Square (which the black-box check must not compare with itself)."""
@@ -201,7 +213,7 @@ def white_box_rows(rows, aa_attacks: tuple) -> list[str]:
             or (n == "autoattack" and "square" not in aa_attacks)]
 
 
-def masking_checks(model, data: EvalData, cfg, rows: dict, version: str) -> dict:
+def masking_checks(model, data: EvalData, cfg, rows: dict, version: str, seconds: dict) -> dict:
     """Pass/fail flags that gradient masking would trip (Athalye et al. 2018; Carlini et al. 2019).
     The checks' attacks at the largest ε are added to ``rows`` (so the worst case counts them);
     ``monotone_in_eps`` is added by the caller once every row is in."""
@@ -211,13 +223,15 @@ def masking_checks(model, data: EvalData, cfg, rows: dict, version: str) -> dict
     step = cfg.eval_step_size / 255
     for k in CHECK["steps"]:
         if key not in rows.get(f"pgd{k}", {}):
-            rows.setdefault(f"pgd{k}", {})[key] = correct_under(model, data, PGD(e_max / 255, step, k),
-                                                                seed=derive_seed(cfg.seed, "eval", f"pgd{k}", key))
-    rows["square"] = {key: correct_under(model, data, AutoAttack(e_max / 255, "square", queries=CHECK["square_queries"],
-                                                                  seed=cfg.seed, impl=cfg.eval_aa_impl))}
+            rows.setdefault(f"pgd{k}", {})[key] = timed(seconds, f"pgd{k}", key, lambda: correct_under(
+                model, data, PGD(e_max / 255, step, k), seed=derive_seed(cfg.seed, "eval", f"pgd{k}", key)))
+    square_attack = AutoAttack(e_max / 255, "square", queries=CHECK["square_queries"], seed=cfg.seed,
+                               impl=cfg.eval_aa_impl)
+    rows["square"] = {key: timed(seconds, "square", key, lambda: correct_under(model, data, square_attack))}
     large = CHECK["large_eps"] / 255
-    large_acc = _pct(correct_under(model, data, PGD(large, 2.5 * large / CHECK["large_steps"], CHECK["large_steps"]),
-                                   seed=derive_seed(cfg.seed, "eval", "pgd_large")))
+    large_pgd = PGD(large, 2.5 * large / CHECK["large_steps"], CHECK["large_steps"])
+    large_acc = _pct(timed(seconds, "pgd_large (check)", f"{CHECK['large_eps']}", lambda: correct_under(
+        model, data, large_pgd, seed=derive_seed(cfg.seed, "eval", "pgd_large"))))
     by_steps = {k: _pct(rows[f"pgd{k}"][key]) for k in CHECK["steps"]}
     square = _pct(rows["square"][key])
     aa = AutoAttack(version=version).components() if version != "none" else ()

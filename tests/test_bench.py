@@ -19,7 +19,7 @@ def test_throughput_quick(tmp_path):
     assert {"machine", "kernel", "train_step", "loader", "goals"} <= set(data)
     assert {r["provider"] for r in data["kernel"]["results"]} == {"cpu", "eager"}
     methods = [r["method"] for r in data["train_step"]]
-    assert methods == ["standard", "noise", "sat", "fgsm_rs", "pgd", "pgd_sat", "trades", "trades_sat"]
+    assert methods == ["standard", "noise", "sat", "sign", "fgsm_rs", "n_fgsm", "pgd", "pgd_sat", "trades", "trades_sat"]
     assert all(r["images_per_s"] > 0 and r["relative_to_standard"] > 0 for r in data["train_step"])
     assert {"ffcv image+label", "ffcv +sal", "ffcv +sal+sal2", "torch DataLoader +sal+sal2"} <= set(data["loader"])
     assert {"sat_over_standard", "pgd_sat_over_pgd", "loader_over_model", "saliency_overhead"} <= set(data["goals"])
@@ -39,3 +39,15 @@ def test_epoch_bench_runs_both_loaders(tmp_path):
     assert all(r["epoch_s"] > 0 and r["images_per_s"] > 0 for r in data["results"])
     assert set(data["ratios"]) == {"ffcv: sat / standard", "resident: sat / standard"}
     assert (tmp_path / "epoch.png").stat().st_size > 5000 and (tmp_path / "epoch.md").is_file()
+
+
+def test_grading_bench_breaks_the_time_down(tmp_path, trained):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "grading.py"), "--checkpoint",
+                           str(trained[3] / "checkpoint.pt"), "--eval-limit", "16", "--eval-eps", "2,8", "--eval-aa",
+                           "apgd-ce", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "grading.json").read_text())
+    rows = {(r["row"], r["eps"]) for r in data["rows"]}
+    assert {("pgd20", "2"), ("pgd20", "8"), ("autoattack", "8")} <= rows and data["n"] == 16
+    assert data["train_s"] > 0 and sum(r["seconds"] for r in data["rows"]) <= data["total_s"] * 1.01
+    assert "| pgd20 |" in proc.stdout
