@@ -336,3 +336,28 @@ def test_an_interrupted_replacement_never_pairs_a_new_beton_with_the_old_manifes
         beton.write_beton(samples, samples.source, out, overwrite=True, writer="direct")
     with pytest.raises(InputError, match="manifest .* is missing"):
         open_beton(out)
+
+
+def test_damaged_sample_bytes_open_and_train_but_verify_catches_them(digits, tmp_path):
+    """Mutations of the data pages are no structural damage: the file opens (and would train);
+    --verify's content hash is what catches them."""
+    src = Path(digits["test"])
+    raw = np.fromfile(src, np.uint8)
+    page_start, alloc = structure(src)["fields"][1], structure(src)["alloc"][0]
+    rng = np.random.default_rng(7)
+    from fastsat.reader import BetonReader
+
+    stored, hit = json.loads(manifest_path(src).read_text())["content_blake2b"], 0
+    for trial in range(20):
+        data = raw.copy()
+        at = rng.integers(page_start + 4096, alloc, size=rng.integers(1, 50))
+        data[at] ^= rng.integers(1, 256, size=len(at)).astype(np.uint8)
+        path = tmp_path / f"d{trial}.beton"
+        data.tofile(path)
+        shutil.copy(manifest_path(src), manifest_path(path))
+        open_beton(path)  # structurally sound: opens without --verify
+        if BetonReader(path).content_hash() != stored:  # some flipped byte belongs to a sample
+            hit += 1
+            with pytest.raises(InputError, match="content hash"):
+                open_beton(path, verify=True)
+    assert hit >= 10, hit  # most trials damage sample bytes (the rest hit page padding)
