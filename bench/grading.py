@@ -3,8 +3,8 @@
 
     python bench/grading.py --checkpoint runs/fm/students/sat_weak_map/best.pt [--eval-limit 500] [--out DIR]
 
-Evaluation settings are the run's own (as ``python -m fastsat.evaluate`` uses them); flags
-override ε, n and AutoAttack. Prints a table (slowest first) and writes grading.json.
+Evaluation settings are the run's own (as ``python -m fastsat.evaluate`` uses them) under the
+default protocol with the masking checks; flags override ε, n and AutoAttack. Prints a table (slowest first) and writes grading.json.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-aa", help="AutoAttack version or list (default: the run's)")
     ap.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for grading.json")
     args = ap.parse_args(argv)
-    overrides = {k: v for k, v in {"eval_limit": args.eval_limit, "eval_aa": args.eval_aa,
+    overrides = {"eval_protocol": "default", "eval_checks": True}  # what this bench measures
+    overrides |= {k: v for k, v in {"eval_limit": args.eval_limit, "eval_aa": args.eval_aa,
                                    "eval_eps": [float(e) for e in args.eval_eps.split(",")] if args.eval_eps
                                    else None}.items() if v is not None}
     result = run(args.checkpoint, overrides)

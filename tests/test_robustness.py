@@ -31,7 +31,7 @@ def test_autoattack_row_is_torchattacks_autoattack(trained):
     model, x, y, _ = trained
     x, y = x[:48], y[:48]
     eps = 4 / 255
-    ours = AutoAttack(eps, "standard", n_classes=10, steps=10, queries=300, seed=0)
+    ours = AutoAttack(eps, "standard", n_classes=10, steps=10, queries=300, seed=0, impl="torchattacks")
     theirs = torchattacks.AutoAttack(model.eval(), norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
     theirs._autoattack.attacks[-1].n_queries = 300  # the same Square budget (5000 takes minutes on a CPU)
     with torch.no_grad():

@@ -37,13 +37,16 @@ def test_run_writes_everything(tmp_path, tiny_flags, capsys):
 
 def test_resume_gives_the_same_metrics(tmp_path, tiny_flags):
     straight, resumed = tmp_path / "a", tmp_path / "b"
-    flags = [*tiny_flags, "--method", "sat", "--eval-eps", "2"]
+    # the per-epoch SAT schedule: with --sat-schedule run, more epochs would be another schedule (refused)
+    flags = [*tiny_flags, "--method", "sat", "--eval-eps", "2", "--sat-schedule", "epoch"]
     assert train_main([*flags, "--epochs", "3", "--out", str(straight)]) == 0
     assert train_main([*flags, "--epochs", "1", "--out", str(resumed)]) == 0  # "interrupted" after epoch 1
     assert train_main([*flags, "--epochs", "3", "--out", str(resumed), "--resume"]) == 0
     keys = ("epoch", "loss", "train_acc", "holdout_clean", "holdout_pgd")
     assert [{k: m[k] for k in keys} for m in metrics(straight)] == [{k: m[k] for k in keys} for m in metrics(resumed)]
-    assert json.loads((straight / "robustness.json").read_text()) == json.loads((resumed / "robustness.json").read_text())
+    report = [json.loads((run / "robustness.json").read_text()) for run in (straight, resumed)]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in report][0] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in report][1]  # all but the wall times
 
 
 def test_config_file_then_flags(tmp_path):
@@ -184,7 +187,7 @@ def test_samples_without_saliency_get_random_bits(tmp_path):
     resident = [b for e in range(2) for b in make_batches(info, ["sal"], resident=True, **kw).epoch(e)]
     for a, b in zip(ffcv_batches, resident):
         assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3]))
-    batches = make_batches(info, ["sal"], **kw)
+    batches = make_batches(info, ["sal"], **{**kw, "train": False})  # every sample in every epoch
     fills = []
     for e in range(2):
         for (_, _, stored, _, has), (_, _, fed, _) in zip(batches.raw_epoch(e), batches.epoch(e)):
@@ -244,3 +247,14 @@ def test_compare_gives_each_method_its_recipe_and_a_csv_log(tmp_path, tiny_flags
     capsys.readouterr()
     assert compare_main([*flags[:-1], str(tmp_path / "bad.toml")]) == 2
     assert "not training settings" in capsys.readouterr().err
+
+
+def test_more_epochs_on_resume_is_another_run_under_the_run_schedule(tmp_path, tiny_flags, capsys):
+    """With --sat-schedule run, P(random) at every step depends on the epoch count: extending a run
+    would change the schedule it was trained under, so it is refused unless --allow-change."""
+    out = tmp_path / "r"
+    flags = [*tiny_flags, "--method", "sat", "--eval-eps", "2", "--out", str(out)]
+    assert train_main([*flags, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert train_main([*flags, "--epochs", "2", "--resume"]) == 2
+    assert "epochs is 2 but the run" in capsys.readouterr().err
