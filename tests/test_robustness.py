@@ -41,14 +41,15 @@ def test_autoattack_row_is_torchattacks_autoattack(trained):
 
 
 class Quantised(nn.Module):
-    """A model behind a non-differentiable input quantiser: zero gradients everywhere (masking)."""
+    """A model behind a non-differentiable input quantiser round(levels·x)/levels: zero gradients
+    everywhere (masking); at 255 levels the predictions on 8-bit images are the model's own."""
 
-    def __init__(self, model):
+    def __init__(self, model, levels: int = 4):
         super().__init__()
-        self.model = model
+        self.model, self.levels = model, levels
 
     def forward(self, x):
-        return self.model(torch.round(x * 4) / 4)
+        return self.model(torch.round(x * self.levels) / self.levels)
 
 
 def small_cfg(**kw):

@@ -17,6 +17,7 @@ from fastsat.evaluate import main as evaluate_main
 from fastsat.robustness import robustness, white_box_rows
 from fastsat.train import main as train_main
 
+from test_robustness import Quantised as QuantisedBy
 from test_robustness import as_data
 
 
@@ -92,15 +93,11 @@ def test_reference_and_torchattacks_autoattack_agree_on_a_robust_model(robust, d
     assert abs(acc["pyautoattack"] - acc["torchattacks"]) <= 3, acc
 
 
-class Quantised(nn.Module):
+class Quantised(QuantisedBy):
     """round(255x)/255 before the model: the same predictions, zero input gradient everywhere."""
 
     def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(torch.round(x * 255) / 255)
+        super().__init__(model, levels=255)
 
 
 class Saturated(nn.Module):
