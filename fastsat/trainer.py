@@ -189,7 +189,8 @@ def _resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
     if state["identity"] != identity:
         raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
     changed = differing(state["config"], cfg, roles=("run",))  # evaluation and bookkeeping may change
-    if cfg.lr_schedule == "none" and cfg.sat_schedule == "epoch":  # nothing depends on the run's length:
+    run_long = cfg.sat_schedule == "run" and METHODS.get(cfg.method).needs_saliency  # Eq. 9 spans the run
+    if cfg.lr_schedule == "none" and not run_long:  # nothing depends on the run's length:
         changed.pop("epochs", None)  # more epochs continue the same run
     if changed and not cfg.allow_change:
         raise InputError("--resume: " + ", ".join(f"{k} is {new!r} but the run in {out} used {was!r}"
