@@ -31,7 +31,7 @@ from .files import atomic_write, atomic_write_text
 
 def timm_config(ckpt: dict) -> dict:
     """config.json in timm's hub layout for the checkpoint's model."""
-    from .models import build_model
+    from .models import build_model, timm_name
 
     a = ckpt["model_args"]
     net = build_model(a["name"], a["num_classes"], a["mean"], a["std"], a.get("width", 1.0))[1]
@@ -40,23 +40,19 @@ def timm_config(ckpt: dict) -> dict:
     pretrained_cfg = {**{k: v for k, v in net.pretrained_cfg.items() if k not in ("mean", "std", "input_size")},
                       "input_size": [c, h, w], "mean": list(a["mean"]), "std": list(a["std"]),
                       "num_classes": a["num_classes"]}
-    return {"architecture": _timm_name(a["name"]), "num_classes": a["num_classes"],
+    return {"architecture": timm_name(a["name"]), "num_classes": a["num_classes"],
             "model_args": model_args, "pretrained_cfg": pretrained_cfg}
-
-
-def _timm_name(name: str) -> str:
-    from .models import CIFAR_MODELS
-
-    return f"fastsat_{name}_cifar" if f"fastsat_{name}_cifar" in CIFAR_MODELS else name
 
 
 def robustbench_entry(ckpt: dict, run: Path, name: str) -> dict:
     """RobustBench's model_info fields (strings as its entries write them) and fastsat's additions."""
+    from .models import timm_name
+
     cfg = ckpt["config"]
     report_path, summary_path = run / "robustness.json", run / "summary.json"
     entry = {"link": "", "name": name, "authors": "", "additional_data": False,
              "number_forward_passes": 1, "dataset": ckpt["identity"]["dataset"], "venue": "",
-             "architecture": f"{_timm_name(ckpt['model_args']['name'])} (width {ckpt['model_args'].get('width', 1.0)})",
+             "architecture": f"{timm_name(ckpt['model_args']['name'])} (width {ckpt['model_args'].get('width', 1.0)})",
              "eps": f"{round(cfg['eps'] * 255)}/255", "clean_acc": None, "reported": None, "autoattack_acc": None,
              "footnote": "", "unreliable": False}
     fastsat = {"method": cfg["method"], "epochs": cfg["epochs"], "seed": cfg["seed"], "training_eps": cfg["eps"]}

@@ -75,11 +75,15 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def timm_name(name: str) -> str:
+    """The timm registry name of a model name: resnet10/18/34 → the fastsat CIFAR-stem ResNets."""
+    return f"fastsat_{name}_cifar" if f"fastsat_{name}_cifar" in CIFAR_MODELS else name
+
+
 def build_model(name: str, num_classes: int, mean, std, width: float = 1.0) -> nn.Sequential:
     """Normalize ∘ timm model; its input channels are ``len(mean)`` (1 for grayscale). ``width``
     scales the channels of the fastsat CIFAR ResNets."""
-    if name.startswith("resnet") and f"fastsat_{name}_cifar" in CIFAR_MODELS:
-        name = f"fastsat_{name}_cifar"
+    name = timm_name(name)
     if not timm.is_model(name):
         raise ValueError(f"unknown model {name!r} (resnet10/18/34 or a timm model name)")
     if name not in CIFAR_MODELS and width != 1.0:

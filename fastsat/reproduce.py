@@ -243,7 +243,7 @@ def _cell(a: dict, b: dict, e: str, kind: str, masked: bool) -> Cell:
     """The cell of accuracies ``a`` (left) and ``b`` (right) at ε ``e``, each a list over seeds."""
     left, right = np.asarray(a["acc"][e], float), np.asarray(b["acc"][e], float)
     pa, pb = left.mean() / 100, right.mean() / 100
-    sample = 100 * math.hypot(math.sqrt(pa * (1 - pa) / a["n"]), math.sqrt(pb * (1 - pb) / b["n"]))
+    sample = math.hypot(half_width(a["n"], pa), half_width(b["n"], pb)) / 1.96  # s.e. of one seed's difference
     diffs = left - right
     if len(diffs) < 2:
         return Cell(float(diffs[0]), sample, None, kind, masked, 1.96 * sample)
