@@ -12,8 +12,6 @@ import hashlib
 import json
 import math
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 from .kernels import bits as bitlayout
 from .errors import InputError
 from .ffcv_import import available as ffcv_available
-from .ffcv_import import ffcv
+from .ffcv_write import die_with, ffcv_write
 from .files import remove_stale_temps, temp_name
 from .reader import INT, NDARRAY, RGB, BetonReader, ReaderError, write_direct
 
@@ -104,7 +102,7 @@ class _Samples:
 
     def __getitem__(self, i):
         if os.getpid() != self.owner and not self.armed:  # first sample in a forked writer process
-            _die_with(self.owner)
+            die_with(self.owner)
             self.armed = True
         try:
             return self.sample(i)
@@ -127,135 +125,6 @@ class _Direct:
 
     def __getitem__(self, i):
         return self.dataset.sample(i)
-
-
-def _ffcv_fields(fields: dict[str, tuple[int, tuple]]) -> dict:
-    """ffcv Field objects of a field spec (see ``write_direct``)."""
-    f = ffcv("ffcv.fields")
-    make = {INT: lambda shape: f.IntField(), RGB: lambda shape: f.RGBImageField(write_mode="raw"),
-            NDARRAY: lambda shape: f.NDArrayField(dtype=np.dtype("uint8"), shape=shape)}
-    return {name: make[kind](shape) for name, (kind, shape) in fields.items()}
-
-
-def _die_with(parent: int) -> None:
-    """In an FFCV writer process: die when ``parent`` (the process that writes) dies, even by
-    kill -9 (Linux parent-death signal), instead of blocking forever as an orphan."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the signal was armed
-        os._exit(1)
-
-
-class WriterDied(InputError):
-    """An FFCV writer process ended with an error (full disk, a signal, ...)."""
-
-
-def _ffcv_write(path: Path, fields: dict, dataset, page_size: int, workers: int, chunksize: int) -> None:
-    """FFCV's ``DatasetWriter`` with a watchdog: FFCV's parent waits forever for a sample whose
-    writer process died (e.g. ``Errno 28`` on a full disk); here a dead writer ends the whole write
-    at once — its siblings killed, an ``WriterDied`` raised in this thread."""
-    import multiprocessing
-    import threading
-
-    DatasetWriter = ffcv("ffcv.writer").DatasetWriter
-    seen, failed, done = set(), [], threading.Event()
-    main = threading.main_thread() is threading.current_thread()
-
-    def watch():
-        while not done.wait(0.2):
-            seen.update(multiprocessing.active_children())
-            bad = [p for p in seen if p.exitcode not in (None, 0)]
-            if bad:
-                failed.append(bad[0].exitcode)
-                for p in seen:
-                    if p.exitcode is None:
-                        p.kill()
-                if main:  # a real signal: it also wakes a main thread blocked in a lock or a read
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-                return
-
-    def raise_died(*_):
-        raise WriterDied(f"an FFCV writer process failed (exit code {failed[0] if failed else '?'}: "
-                         f"full disk or killed?); nothing was written")
-
-    interrupted = []
-
-    def interrupt(*_):  # Ctrl-C; remembered too, since an interrupt that lands while FFCV forks is
-        interrupted.append(True)  # swallowed there ("Exception ignored in ... _releaseLock")
-        raise KeyboardInterrupt
-
-    previous_hook = sys.unraisablehook
-
-    def swallowed(unraisable):  # that swallowed interrupt: honoured below, not printed
-        if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            interrupted.append(True)
-        else:
-            previous_hook(unraisable)
-
-    _quiet_writers(True)
-    sys.unraisablehook = swallowed
-    previous = signal.signal(signal.SIGUSR1, raise_died) if main else None
-    previous_int = signal.signal(signal.SIGINT, interrupt) if main else None
-    watchdog = threading.Thread(target=watch, daemon=True)
-    writer = DatasetWriter(str(path), fields, page_size=page_size, num_workers=workers)
-    try:
-        watchdog.start()
-        writer.from_indexed_dataset(dataset, chunksize=chunksize)
-        if interrupted:
-            raise KeyboardInterrupt
-    except BaseException:
-        for p in seen | set(multiprocessing.active_children()):
-            p.kill()
-            p.join(5)
-        _drop_queues()
-        if getattr(writer, "metadata_sm", None) is not None:  # FFCV's shared metadata segment
-            writer.metadata_sm.close()
-            try:
-                writer.metadata_sm.unlink()
-            except FileNotFoundError:  # FFCV got as far as unlinking it
-                pass
-        raise
-    finally:
-        _quiet_writers(False)
-        sys.unraisablehook = previous_hook
-        done.set()
-        watchdog.join(5) if watchdog.is_alive() else None
-        if main:
-            signal.signal(signal.SIGUSR1, previous)
-            signal.signal(signal.SIGINT, previous_int)
-    if failed:
-        raise_died()
-
-
-_QUIET = {"on": False, "hooked": False}
-
-
-def _quiet_writers(on: bool) -> None:
-    """While FFCV forks its writers, each child's stderr goes to /dev/null: a writer that fails
-    (full disk) would print its own traceback before this process's one ``error:`` line. Its exit
-    code still reaches the watchdog, and sample read errors are recorded by ``_Samples``."""
-    def child():
-        if _QUIET["on"]:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-    if not _QUIET["hooked"]:
-        os.register_at_fork(after_in_child=child)
-        _QUIET["hooked"] = True
-    _QUIET["on"] = on
-
-
-def _drop_queues() -> None:
-    """FFCV's work queues still hold chunks for the killed writers; without this, the exit of this
-    process would wait forever for their feeder threads to hand the chunks to nobody."""
-    import gc
-    from multiprocessing.queues import Queue
-
-    for q in [o for o in gc.get_objects() if type(o) is Queue]:
-        q.cancel_join_thread()
-        q.close()
 
 
 def _page_size(image_shape, maps) -> int:
@@ -317,7 +186,7 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
             if writer == "direct":
                 write_direct(tmp, fields, _Direct(dataset), page_size, progress=progress)
             else:
-                _ffcv_write(tmp, _ffcv_fields(fields), dataset, page_size, workers, chunksize)
+                ffcv_write(tmp, fields, dataset, page_size, workers, chunksize)
         except OSError as e:
             raise InputError(f"could not write {out}: {e.strerror or e} (full disk?); nothing was written") from None
         if errors.exists():

@@ -121,17 +121,26 @@ def test_full_disk_during_a_write_ends_promptly(big_cifar, tmp_path):
     assert not wait_gone(str(out))
 
 
-def test_ctrl_c_during_a_write(big_cifar, tmp_path):
+@pytest.mark.parametrize("delay", [0.0, 0.1, 0.3, 0.6])
+def test_ctrl_c_during_a_write(big_cifar, tmp_path, delay):
+    """At any moment (while FFCV forks, while its writers run, while it collects their pages):
+    exit 130 with one line, no writer process, queue thread or shared memory left behind. Before the
+    fix, the watchdog took the killed writers for dead ones and cut the cleanup short: a hang."""
     out = tmp_path / "c.beton"
     proc = start(["fastsat.write_beton", "--dataset", "cifar10", "--root", str(big_cifar), "--out", str(out),
                   "--workers", "2"])
     try:
         wait_until(temp_of(tmp_path, "c.beton"), proc)
+        time.sleep(delay)
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode != 0 and not out.exists() and hidden(tmp_path) == []
+        proc.communicate()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("error:") == 1 and "error: interrupted" in err
+    assert "Traceback" not in err and "leaked" not in err and "Exception ignored" not in err
+    assert not out.exists() and hidden(tmp_path) == []
     assert not wait_gone(str(out))
 
 
