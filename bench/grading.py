@@ -2,9 +2,12 @@
 ε and per masking check, beside the run's own training time.
 
     python bench/grading.py --checkpoint runs/fm/students/sat_weak_map/best.pt [--eval-limit 500] [--out DIR]
+    python bench/grading.py --checkpoint ... --no-cascade --compare DIR/grading.json   # every attack on every sample
 
 Evaluation settings are the run's own (as ``python -m fastsat.evaluate`` uses them) under the
-default protocol with the masking checks; flags override ε, n and AutoAttack. Prints a table (slowest first) and writes grading.json.
+default protocol with the masking checks; flags override ε, n, AutoAttack and the cascade. Prints a
+table (slowest first) and writes grading.json; ``--compare`` another grading.json of the same
+checkpoint says on how many samples the per-sample worst cases differ.
 """
 from __future__ import annotations
 
@@ -39,7 +42,13 @@ def run(checkpoint: Path, overrides: dict) -> dict:
                   key=lambda r: -r[2])
     return {"machine": machine(torch.device("cpu")), "checkpoint": str(checkpoint), "n": report["n"], "total_s": total,
             "train_s": train_s, "rows": [{"row": n, "eps": e, "seconds": s, "share": s / total} for n, e, s in rows],
-            "settings": report["settings"], "worst_case": report["attacks"]["worst_case"]}
+            "settings": report["settings"], "worst_case": report["attacks"]["worst_case"], "ran_on": report["ran_on"],
+            "robust_indices": report["robust_indices"], "masked": report["masked"]}
+
+
+def differences(a: dict, b: dict) -> dict:
+    """Per ε: samples robust in one grading and not in the other."""
+    return {e: len(set(a["robust_indices"][e]) ^ set(b["robust_indices"][e])) for e in a["robust_indices"]}
 
 
 def main(argv=None) -> None:
@@ -48,9 +57,12 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-limit", type=int, help="stratified test images (default: the run's)")
     ap.add_argument("--eval-eps", help="ε list in 1/255, e.g. 2,4,8 (default: the run's)")
     ap.add_argument("--eval-aa", help="AutoAttack version or list (default: the run's)")
+    ap.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=True,
+                    help="attack only the samples earlier attacks left correct (the default protocol's way)")
+    ap.add_argument("--compare", type=Path, help="grading.json of the same checkpoint to compare worst cases with")
     ap.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for grading.json")
     args = ap.parse_args(argv)
-    overrides = {"eval_protocol": "default", "eval_checks": True}  # what this bench measures
+    overrides = {"eval_protocol": "default", "eval_checks": True, "eval_cascade": args.cascade}  # what this bench measures
     overrides |= {k: v for k, v in {"eval_limit": args.eval_limit, "eval_aa": args.eval_aa,
                                    "eval_eps": [float(e) for e in args.eval_eps.split(",")] if args.eval_eps
                                    else None}.items() if v is not None}
@@ -59,6 +71,10 @@ def main(argv=None) -> None:
                          [[r["row"], r["eps"], f"{r['seconds']:.1f}", f"{100 * r['share']:.0f}%"] for r in result["rows"]]))
     print(f"\ntotal {result['total_s']:.0f} s for n = {result['n']}; training took "
           f"{result['train_s']:.0f} s" if result["train_s"] else f"\ntotal {result['total_s']:.0f} s")
+    if args.compare:
+        other = json.loads(args.compare.read_text())
+        result["differs_from"] = {"file": str(args.compare), "samples_by_eps": differences(result, other)}
+        print(f"worst case: samples that differ from {args.compare} per ε: {result['differs_from']['samples_by_eps']}")
     write_json(args.out / "grading.json", result)
 
 

@@ -45,8 +45,31 @@ def _ascend(model, x, x_adv, loss_fn, eps, alpha, steps):
     return x_adv
 
 
+class SampleSeeds:
+    """A generator of one random stream per sample: sample i's draws come from ``seeds[i]`` alone,
+    so an attack's outcome on a sample does not depend on which samples share its batch (an
+    evaluation that attacks only some samples gives each the numbers it gets among all)."""
+
+    def __init__(self, seeds):
+        self.seeds = [int(s) for s in seeds]
+
+    def draw(self, fn, x):
+        """``fn`` (torch.rand or torch.randn) shaped like ``x``, one sample per seed."""
+        if len(self.seeds) != len(x):
+            raise ValueError(f"{len(self.seeds)} sample seeds for a batch of {len(x)}")
+        rows = [fn(tuple(x.shape[1:]), generator=torch.Generator().manual_seed(s), dtype=x.dtype) for s in self.seeds]
+        return torch.stack(rows).to(x.device)
+
+
+def _random(fn, x, generator=None):
+    """``fn(x.shape)`` from a torch.Generator (one stream per batch) or ``SampleSeeds``."""
+    if isinstance(generator, SampleSeeds):
+        return generator.draw(fn, x)
+    return fn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
 def _uniform(x, eps, generator=None):
-    return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    return (_random(torch.rand, x, generator) * 2 - 1) * eps
 
 
 @dataclass
@@ -108,7 +131,7 @@ class TradesAttack(Attack):
     def perturb(self, model, x, y=None, generator=None):
         with torch.no_grad():
             p_clean = F.softmax(model(x).float(), dim=1)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = _random(torch.randn, x, generator)
         x_adv = (x + 0.001 * noise).clamp(0, 1)
         kl = lambda logits: F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")  # noqa: E731
         return _ascend(model, x, x_adv, kl, self.eps, self.alpha, self.steps)

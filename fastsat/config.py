@@ -132,6 +132,10 @@ class TrainConfig:
     eval_aa_queries: int = opt(5000, "Square queries of AutoAttack", rule=at_least(1), role="eval")
     eval_checks: bool = opt(True, "run the gradient-masking checks (default protocol; adds PGD-5/40, "
                                   "PGD-100 at ε = 64/255 and a Square attack)", role="eval")
+    eval_cascade: bool = opt(True, "default protocol: at each ε, attack only the samples every earlier attack "
+                                   "left correct (the same per-sample worst case, at a fraction of the cost; each "
+                                   "row then counts the rows above it); off: every attack on every sample",
+                             role="eval")
     fail_on_masking: bool = opt(True, "exit with code 3 when a gradient-masking check fails (the reports are "
                                       "written either way, marked masked)", role="free")
     eval_limit: int = opt(0, "evaluate on a seeded, class-stratified sample of N test images (0: all)",

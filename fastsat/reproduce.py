@@ -145,7 +145,7 @@ def full_test(run: Path, cfg: TrainConfig, limit: int) -> dict:
         return json.loads((folder / "robustness.json").read_text())
     device = pick_device(cfg.device)
     ckpt = load_checkpoint(run / "best.pt", device)
-    pgd5 = replace(cfg, eval_steps=[5], eval_aa="none", eval_checks=False, eval_limit=limit)
+    pgd5 = replace(cfg, eval_steps=[5], eval_aa="none", eval_checks=False, eval_cascade=False, eval_limit=limit)
     info = open_beton(cfg.val)
     data = eval_data(info, sample_indices(info.labels, limit, cfg.seed), device)
     report = robustness(ckpt["model"], data, pgd5, info.num_classes)

@@ -9,12 +9,16 @@ Used at the end of every run and by ``python -m fastsat.evaluate``. Default prot
   * the paper's saliency attack, white-box: x − ε·sign(∇ₓ Φ^y(x)) on the evaluated model;
   * uniform noise; the beton's stored map as a transfer attack (``stored_map``) where it has one;
   * gradient-masking checks, each a pass/fail flag with its numbers: accuracy non-increasing in ε
-    and in PGD steps, PGD-20 ≈ PGD-40, PGD-100 at ε = 64/255 ≈ 0, black-box Square no better than
-    the white-box attacks; their attacks at the largest ε are rows of the report too;
+    and in PGD steps, PGD-20 ≈ PGD-40, PGD-100 at ε = 64/255 ≈ 0, black-box Square breaking (almost)
+    none of the samples the white-box attacks left correct; their attacks at the largest ε are rows
+    of the report too;
   * ``worst_case``: per sample, wrong under any attack that ran at that ε (the checks' included);
-    a failed check marks the whole report ``masked`` (its numbers are upper bounds at best).
+    a failed check marks the whole report ``masked`` (its numbers are upper bounds at best);
+  * a cascade (``eval_cascade``, default): at each ε the attacks run cheapest first, white-box
+    before black-box, each on the samples every earlier one left correct; the worst case is the
+    same, the rows count the rows above them, ``ran_on`` says how many samples each attacked.
 Paper protocol (``--eval-protocol paper``): PGD-5/20/40, uniform noise, the TRADES attack and the
-white-box saliency attack, as the paper's tables. Samples: all of the beton, or a seeded,
+white-box saliency attack, as the paper's tables, every attack on every sample. Samples: all of the beton, or a seeded,
 class-stratified sample (``--eval-limit``) whose indices the report records.
 Writes ``robustness.json``, ``robustness.md`` and ``robustness.png`` (accuracy vs ε per attack).
 """
@@ -28,7 +32,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .attacks import PGD, AutoAttack, SaliencyAttack, StoredMapAttack, TradesAttack, UniformNoise, aa_package
+from .attacks import (PGD, AutoAttack, SaliencyAttack, SampleSeeds, StoredMapAttack, TradesAttack, UniformNoise,
+                      aa_package)
 from .errors import InputError
 from .kernels import bits as bitlayout
 from .kernels.spec import derive_seed
@@ -54,8 +59,8 @@ class EvalData:
     per_class: dict
     source: dict  # beton, dataset, split, size
 
-    def pixels(self, sl: slice) -> torch.Tensor:
-        """(n, C, H, W) float in [0, 1] of samples ``sl``."""
+    def pixels(self, sl) -> torch.Tensor:
+        """(n, C, H, W) float in [0, 1] of samples ``sl`` (a slice or an index tensor)."""
         x = self.x[sl]
         return to_unit(x) if x.dtype == torch.uint8 else x
 
@@ -79,38 +84,61 @@ def eval_data(info, idx: np.ndarray, device) -> EvalData:
                      "split": info.manifest["split"], "size": info.num_samples})
 
 
-def correct_under(model, data: EvalData, attack=None, seed: int = 0) -> torch.Tensor:
-    """(N,) bool: which samples the model gets right, under ``attack`` when given."""
+def correct_under(model, data: EvalData, attack=None, seed: int = 0, only: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N,) bool: which samples the model gets right, under ``attack`` when given. With ``only``
+    ((N,) bool), just those samples are attacked; the others count as wrong. Each sample's random
+    draws come from its own stream (``seed`` and its index in the beton), so its outcome does not
+    depend on the samples that share its batch (AutoAttack's own draws excepted)."""
     model.eval()
-    out = []
-    for b, start in enumerate(range(0, len(data.y), EVAL_BATCH)):
-        sl = slice(start, start + EVAL_BATCH)
-        x, y = data.pixels(sl).contiguous(memory_format=torch.channels_last), data.y[sl]
+    picked = torch.arange(len(data.y)) if only is None else only.cpu().nonzero().flatten()
+    out = torch.zeros(len(data.y), dtype=torch.bool)
+    for start in range(0, len(picked), EVAL_BATCH):
+        idx = picked[start:start + EVAL_BATCH]
+        x, y = data.pixels(idx).contiguous(memory_format=torch.channels_last), data.y[idx]
         if attack is not None:
-            kwargs = {"generator": torch.Generator(device=x.device).manual_seed(derive_seed(seed, b))}
+            kwargs = {"generator": SampleSeeds(derive_seed(seed, int(i)) for i in data.indices[idx.numpy()])}
             if isinstance(attack, StoredMapAttack):
-                kwargs["signs"] = bitlayout.signs_torch(data.bits[sl], tuple(data.x.shape[1:]),
+                kwargs["signs"] = bitlayout.signs_torch(data.bits[idx], tuple(data.x.shape[1:]),
                                                         data.granularity).permute(0, 3, 1, 2)
             x = attack(model, x, y, **kwargs)
         with torch.no_grad():
-            out.append(model(x).argmax(1) == y)
-    return torch.cat(out).cpu()
+            out[idx] = (model(x).argmax(1) == y).cpu()
+    return out
 
 
-def jobs(cfg, data: EvalData, n_classes: int, aa_version: str) -> list[tuple[str, float, object]]:
-    """(row, ε in 1/255, attack) of the protocol."""
+@dataclass
+class Stage:
+    """Attacks at one ε that run on the same samples: in a cascade, the samples that every earlier
+    stage at that ε left correct (rows that count toward the worst case); otherwise all of them."""
+    eps: float
+    rows: list  # (name, attack)
+    counted: bool  # its ε is one of the worst case's
+
+
+def stages(cfg, data: EvalData, n_classes: int, aa_version: str) -> list[Stage]:
+    """The protocol in the order it runs: per ε, the white-box attacks (cheapest first, PGD's step
+    counts together), the black-box masking check (Square, largest ε), then the black-box rows —
+    AutoAttack among the white-box ones unless its list holds Square."""
     step = cfg.eval_step_size / 255
-    steps = PAPER_STEPS if cfg.eval_protocol == "paper" else cfg.eval_steps
-    out = [(f"pgd{k}", e, PGD(e / 255, step, k)) for k in steps for e in cfg.eval_eps]
-    if cfg.eval_protocol == "paper":
-        out += [("trades", e, TradesAttack(e / 255, step, 5)) for e in cfg.eval_eps]
-    elif aa_version != "none":
-        out += [("autoattack", e, AutoAttack(e / 255, aa_version, n_classes, cfg.eval_aa_steps, cfg.eval_aa_queries,
-                                             cfg.seed, cfg.eval_aa_impl)) for e in cfg.eval_eps]
-    out += [("saliency", e, SaliencyAttack(e / 255)) for e in cfg.eval_eps]
-    out += [("noise", e, UniformNoise(e / 255)) for e in cfg.eval_noise]
-    if data.bits is not None and cfg.eval_protocol != "paper":
-        out += [("stored_map", e, StoredMapAttack(e / 255)) for e in cfg.eval_eps]
+    paper, e_max = cfg.eval_protocol == "paper", max(cfg.eval_eps)
+    checks = cfg.eval_protocol == "default" and cfg.eval_checks
+    aa = AutoAttack(version=aa_version).components() if aa_version != "none" else ()
+    out = []
+    for e in sorted(cfg.eval_eps):
+        steps = PAPER_STEPS if paper else sorted(set(cfg.eval_steps) | (set(CHECK["steps"]) if checks and e == e_max
+                                                                         else set()))
+        auto = [("autoattack", AutoAttack(e / 255, aa_version, n_classes, cfg.eval_aa_steps, cfg.eval_aa_queries,
+                                          cfg.seed, cfg.eval_aa_impl))] if aa else []
+        white = [[("saliency", SaliencyAttack(e / 255))], [(f"pgd{k}", PGD(e / 255, step, k)) for k in steps]]
+        white += [[("trades", TradesAttack(e / 255, step, 5))]] if paper else []
+        white += [auto] if auto and "square" not in aa else []
+        black = [[("square", AutoAttack(e / 255, "square", queries=CHECK["square_queries"], seed=cfg.seed,
+                                        impl=cfg.eval_aa_impl))]] if checks and e == e_max else []
+        black += [[("noise", UniformNoise(e / 255))]] if e in cfg.eval_noise else []
+        black += [[("stored_map", StoredMapAttack(e / 255))]] if data.bits is not None and not paper else []
+        black += [auto] if auto and "square" in aa else []
+        out += [Stage(e, rows, True) for rows in white + black]
+    out += [Stage(e, [("noise", UniformNoise(e / 255))], False) for e in cfg.eval_noise if e not in cfg.eval_eps]
     return out
 
 
@@ -161,30 +189,45 @@ def _pct(correct: torch.Tensor) -> float:
 
 def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True) -> dict:
     """Every attack of the protocol at every ε, the masking checks (default protocol) and the
-    per-sample worst case over all of them; accuracies in %."""
+    per-sample worst case over all of them; accuracies in %.
+
+    Default protocol, ``eval_cascade`` (default): at each ε an attack runs only on the samples every
+    earlier one left correct — a sample already broken stays broken, so the per-sample worst case is
+    the one of every attack on every sample, and each row is the accuracy under it and the rows run
+    before it (``ran_on``: how many samples it attacked). Without the cascade, and under the paper's
+    protocol, every attack runs on every sample. ``robust_indices``: per ε, the beton indices of the
+    samples that every attack left correct."""
     from tqdm import tqdm
 
     clean = correct_under(model, data)
     stochastic = is_stochastic(model, data)
     version = aa_version(cfg, stochastic)
-    rows: dict[str, dict[str, torch.Tensor]] = {}
+    cascade = cfg.eval_cascade and cfg.eval_protocol != "paper"
+    plan = stages(cfg, data, n_classes, version)
+    standing = {f"{e:g}": clean.clone() for e in cfg.eval_eps}  # per ε: correct under every counted row so far
+    rows: dict[str, dict[str, torch.Tensor]] = {name: {} for name in row_order(plan)}
+    ran_on: dict[str, dict[str, int]] = {name: {} for name in rows}
     seconds: dict[str, dict[str, float]] = {}  # where grading time goes: per row and ε, per check
-    for name, eps, attack in tqdm(jobs(cfg, data, n_classes, version), desc="robustness", disable=not progress,
-                                  leave=False):
-        rows.setdefault(name, {})[f"{eps:g}"] = timed(seconds, name, f"{eps:g}", lambda: correct_under(
-            model, data, attack, seed=derive_seed(cfg.seed, "eval", name, f"{eps:g}")))
+    bar = tqdm(total=sum(len(st.rows) for st in plan), desc="robustness", disable=not progress, leave=False)
+    for st in plan:
+        key = f"{st.eps:g}"
+        only = standing[key].clone() if cascade and st.counted else None
+        for name, attack in st.rows:
+            rows[name][key] = timed(seconds, name, key, lambda: correct_under(
+                model, data, attack, seed=derive_seed(cfg.seed, "eval", name, key), only=only))
+            ran_on[name][key] = len(data.y) if only is None else int(only.sum())
+            bar.update()
+        for name, _ in st.rows if st.counted else ():
+            standing[key] &= rows[name][key]
+    bar.close()
     checked = cfg.eval_protocol == "default" and cfg.eval_checks
-    masking = masking_checks(model, data, cfg, rows, version, seconds) if checked else None
-    worst = {f"{e:g}": clean for e in cfg.eval_eps}  # at the attacks' ε (noise alone elsewhere says little)
-    for by_eps in rows.values():
-        for e, c in by_eps.items():
-            if e in worst:
-                worst[e] = worst[e] & c
+    masking = masking_checks(model, data, cfg, rows, clean, standing, version, seconds, cascade) if checked else None
     attacks = {name: {e: _pct(c) for e, c in by_eps.items()} for name, by_eps in rows.items()}
-    attacks["worst_case"] = {e: _pct(worst[e]) for e in sorted(worst, key=float)}
-    report = {"n": len(data.y), "per_class": data.per_class, "data": data.source, "settings": settings(cfg, version),
-              "clean": _pct(clean), "attacks": attacks, "stochastic": stochastic, "masked": False,
-              "seconds": seconds}
+    attacks["worst_case"] = {e: _pct(standing[e]) for e in sorted(standing, key=float)}
+    robust = {e: data.indices[standing[e].numpy()].tolist() for e in attacks["worst_case"]}
+    report = {"n": len(data.y), "per_class": data.per_class, "data": data.source,
+              "settings": settings(cfg, version) | {"cascade": cascade}, "clean": _pct(clean), "attacks": attacks,
+              "ran_on": ran_on, "robust_indices": robust, "stochastic": stochastic, "masked": False, "seconds": seconds}
     if len(data.y) < data.source["size"]:
         report["indices"] = data.indices.tolist()
     if masking is not None:
@@ -194,6 +237,13 @@ def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True
         report["masked"] = not masking["passed"]
         report["failed_checks"] = [c["name"] for c in masking["checks"] if not c["passed"]]
     return report
+
+
+def row_order(plan: list[Stage]) -> list[str]:
+    """Row names in the order they run at the largest ε (which has them all), then the others."""
+    e_max = max(st.eps for st in plan if st.counted)
+    names = [n for st in plan if st.eps == e_max and st.counted for n, _ in st.rows]
+    return list(dict.fromkeys(names + [n for st in plan for n, _ in st.rows]))
 
 
 def timed(seconds: dict, name: str, key: str, work):
@@ -213,30 +263,28 @@ def white_box_rows(rows, aa_attacks: tuple) -> list[str]:
             or (n == "autoattack" and "square" not in aa_attacks)]
 
 
-def masking_checks(model, data: EvalData, cfg, rows: dict, version: str, seconds: dict) -> dict:
-    """Pass/fail flags that gradient masking would trip (Athalye et al. 2018; Carlini et al. 2019).
-    The checks' attacks at the largest ε are added to ``rows`` (so the worst case counts them);
-    ``monotone_in_eps`` is added by the caller once every row is in."""
-    tol = max(100.0 / max(len(data.y), 1), 0.5)  # one sample, or half a point
+def masking_checks(model, data: EvalData, cfg, rows: dict, clean, standing: dict, version: str, seconds: dict,
+                   cascade: bool) -> dict:
+    """Pass/fail flags that gradient masking would trip (Athalye et al. 2018; Carlini et al. 2019),
+    from the rows at the largest ε (PGD-5/20/40 on one set of samples, Square on the samples every
+    white-box attack left correct) and PGD-100 at ε = 64/255 (in a cascade, on the samples nothing
+    broke at the largest ε: those are broken at 64/255 too). ``monotone_in_eps`` is added by the
+    caller once every row is in."""
+    n = len(data.y)
+    tol = max(100.0 / max(n, 1), 0.5)  # one sample, or half a point
     e_max = max(cfg.eval_eps)
     key = f"{e_max:g}"
-    step = cfg.eval_step_size / 255
-    for k in CHECK["steps"]:
-        if key not in rows.get(f"pgd{k}", {}):
-            rows.setdefault(f"pgd{k}", {})[key] = timed(seconds, f"pgd{k}", key, lambda: correct_under(
-                model, data, PGD(e_max / 255, step, k), seed=derive_seed(cfg.seed, "eval", f"pgd{k}", key)))
-    square_attack = AutoAttack(e_max / 255, "square", queries=CHECK["square_queries"], seed=cfg.seed,
-                               impl=cfg.eval_aa_impl)
-    rows["square"] = {key: timed(seconds, "square", key, lambda: correct_under(model, data, square_attack))}
     large = CHECK["large_eps"] / 255
     large_pgd = PGD(large, 2.5 * large / CHECK["large_steps"], CHECK["large_steps"])
     large_acc = _pct(timed(seconds, "pgd_large (check)", f"{CHECK['large_eps']}", lambda: correct_under(
-        model, data, large_pgd, seed=derive_seed(cfg.seed, "eval", "pgd_large"))))
+        model, data, large_pgd, seed=derive_seed(cfg.seed, "eval", "pgd_large"), only=standing[key] if cascade else None)))
     by_steps = {k: _pct(rows[f"pgd{k}"][key]) for k in CHECK["steps"]}
-    square = _pct(rows["square"][key])
     aa = AutoAttack(version=version).components() if version != "none" else ()
     white_rows = white_box_rows(rows, aa)
-    white = min(_pct(rows[n][key]) for n in white_rows if key in rows[n])
+    white = clean.clone()
+    for name in white_rows:
+        white &= rows[name][key]
+    broke = _pct(white & ~rows["square"][key])
     checks = [
         flag("monotone_in_steps", all(by_steps[a] <= by_steps[b] + tol for a, b in zip(CHECK["steps"][1:], CHECK["steps"])),
              f"PGD accuracy at ε={key}/255 by steps: " + ", ".join(f"{k}: {v:.1f}" for k, v in by_steps.items()),
@@ -247,9 +295,10 @@ def masking_checks(model, data: EvalData, cfg, rows: dict, version: str, seconds
         flag("large_eps_breaks", large_acc <= max(CHECK["large_max_acc"], tol),
              f"PGD-{CHECK['large_steps']} at ε={CHECK['large_eps']}/255: {large_acc:.1f}% (expected ≈ 0)",
              {"accuracy": large_acc}),
-        flag("black_box_not_better", square >= white - tol,
-             f"Square ({CHECK['square_queries']} queries) {square:.1f}% vs best white-box attack {white:.1f}% "
-             f"({', '.join(white_rows)}) at ε={key}/255", {"square": square, "white_box": white, "tolerance": tol}),
+        flag("black_box_not_better", broke <= tol,
+             f"Square ({CHECK['square_queries']} queries) broke {broke:.1f}% of the samples (of {_pct(white):.1f}%) "
+             f"that every white-box attack ({', '.join(white_rows)}) left correct at ε={key}/255",
+             {"square_broke": broke, "white_box": _pct(white), "tolerance": tol}),
     ]
     return {"checks": checks, "tolerance": tol}
 
@@ -292,6 +341,11 @@ def table(report: dict) -> str:
                     f"({', '.join(s['autoattack']['attacks'])}; {s['autoattack']['steps']} iterations"
                     + (f", Square {s['autoattack']['square_queries']} queries" if "square_queries" in s["autoattack"]
                        else "") + ")" if "autoattack" in s else "") + ".")
+    if s.get("cascade"):
+        lines.append("")
+        lines.append("Cascade: at each ε the attacks ran in the order of the rows, each on the samples every row "
+                     "above it left correct (how many: `ran_on` in robustness.json; the PGD rows share one set), so "
+                     "a row is the accuracy under it and the rows above it, and the worst case is the last.")
     if report.get("stochastic"):
         lines.append("")
         lines.append("The model is **stochastic** (two forward passes of one batch disagree): AutoAttack ran its "
@@ -340,8 +394,8 @@ def write_reports(report: dict, out: Path, title: str) -> str:
 
 def verdict(model, x: torch.Tensor, y: torch.Tensor, eps=(2 / 255, 4 / 255, 8 / 255), *, aa: str = "standard",
             aa_impl: str = "pyautoattack", aa_steps: int = 100, aa_queries: int = 5000, pgd_steps=(20,),
-            step_size: float = 2 / 255, noise=(8 / 255,), checks: bool = True, seed: int = 0,
-            progress: bool = False) -> dict:
+            step_size: float = 2 / 255, noise=(8 / 255,), checks: bool = True, cascade: bool = True,
+            seed: int = 0, progress: bool = False) -> dict:
     """The default protocol's report on any PyTorch classifier: ``model`` maps (N, C, H, W) pixels in
     [0, 1] to (N, classes) logits; ``x`` such pixels, ``y`` (N,) labels; ε, steps and noise in
     fractions of 1 (as torchattacks and AutoAttack take them). Returns the report ``evaluate``
@@ -355,7 +409,8 @@ def verdict(model, x: torch.Tensor, y: torch.Tensor, eps=(2 / 255, 4 / 255, 8 / 
                          f"noise {list(noise)}, step {step_size}")
     cfg = TrainConfig(eval_eps=[e * 255 for e in eps], eval_noise=[e * 255 for e in noise],
                       eval_step_size=step_size * 255, eval_steps=list(pgd_steps), eval_aa=aa, eval_aa_impl=aa_impl,
-                      eval_aa_steps=aa_steps, eval_aa_queries=aa_queries, eval_checks=checks, seed=seed).validate()
+                      eval_aa_steps=aa_steps, eval_aa_queries=aa_queries, eval_checks=checks, eval_cascade=cascade,
+                      seed=seed).validate()
     data = EvalData(x, y, None, None, np.arange(len(y)), per_class(y.cpu().numpy(), np.arange(len(y))),
                     {"beton": None, "dataset": "tensors", "split": "given", "size": len(y)})
     return robustness(model, data, cfg, n_classes, progress=progress)

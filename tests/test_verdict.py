@@ -14,7 +14,7 @@ from fastsat.compare import main as compare_main
 from fastsat.config import TrainConfig
 from fastsat.errors import MASKED_EXIT
 from fastsat.evaluate import main as evaluate_main
-from fastsat.robustness import robustness, white_box_rows
+from fastsat.robustness import robustness, table, white_box_rows
 from fastsat.train import main as train_main
 
 from test_robustness import Quantised as QuantisedBy
@@ -261,3 +261,29 @@ def test_adding_an_attack_leaves_the_other_rows_unchanged(trained):
     for row in ("pgd20", "saliency"):
         assert {e: more["attacks"][row][e] for e in ("2", "8")} == few["attacks"][row]
     assert more["attacks"]["noise"]["8"] == few["attacks"]["noise"]["8"]
+
+
+def test_the_cascade_gives_each_sample_the_worst_case_of_every_attack_on_every_sample(trained):
+    """The cheaper grading attacks fewer samples and reaches the same per-sample verdict: each
+    sample's random start is its own, so skipping the broken ones changes nobody else's outcome."""
+    model, x, y, _ = trained
+    data = as_data(x[:96], y[:96])
+    cfg = dict(eval_eps=[2, 4, 8], eval_noise=[8, 32], eval_steps=[10], eval_aa="none", eval_checks=False)
+    fast = robustness(model, data, TrainConfig(**cfg), 10, progress=False)
+    full = robustness(model, data, TrainConfig(**cfg, eval_cascade=False), 10, progress=False)
+    assert fast["settings"]["cascade"] and not full["settings"]["cascade"]
+    assert fast["robust_indices"] == full["robust_indices"]
+    assert fast["attacks"]["worst_case"] == full["attacks"]["worst_case"]
+    assert 0 < fast["attacks"]["worst_case"]["2"] < fast["clean"]  # some samples broken, some not: a real test
+    ran = lambda r: sum(n for by in r["ran_on"].values() for n in by.values())  # noqa: E731
+    assert ran(fast) < ran(full) == 96 * sum(len(by) for by in full["ran_on"].values())
+    # in run order, each row attacked exactly the samples the rows above it left correct
+    order = list(fast["attacks"])[:-1]
+    assert order == ["saliency", "pgd10", "noise"]
+    first = round(fast["clean"] * 96 / 100)
+    assert fast["ran_on"]["saliency"]["2"] == first
+    assert fast["ran_on"]["pgd10"]["2"] == round(fast["attacks"]["saliency"]["2"] * 96 / 100)
+    assert fast["ran_on"]["noise"]["32"] == 96  # not a worst-case ε: every sample, as without the cascade
+    assert fast["attacks"]["noise"]["32"] == full["attacks"]["noise"]["32"]
+    assert fast["attacks"]["pgd10"]["8"] <= full["attacks"]["pgd10"]["8"]
+    assert "Cascade" in table(fast) and "Cascade" not in table(full)
