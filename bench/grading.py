@@ -22,15 +22,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, markdown_table, write_json  # noqa: E402
 from fastsat.beton import open_beton  # noqa: E402
-from fastsat.config import FIELDS, TrainConfig  # noqa: E402
+from fastsat.config import TrainConfig, upgrade  # noqa: E402
 from fastsat.robustness import eval_data, robustness, sample_indices  # noqa: E402
 from fastsat.runs import load_checkpoint  # noqa: E402
 
 
 def run(checkpoint: Path, overrides: dict) -> dict:
     ckpt = load_checkpoint(checkpoint, "cpu")
-    saved = {k: v for k, v in ckpt["config"].items() if k in FIELDS}  # older runs may carry retired keys
-    cfg = TrainConfig(**{**saved, **overrides, "device": "cpu"}).validate()
+    cfg = TrainConfig(**{**upgrade(ckpt["config"]), **overrides, "device": "cpu"}).validate()
     info = open_beton(cfg.val)
     data = eval_data(info, sample_indices(info.labels, cfg.eval_limit, cfg.seed), "cpu")
     t0 = time.perf_counter()

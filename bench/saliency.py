@@ -42,29 +42,27 @@ def run(device: torch.device, quick: bool = False) -> dict:
 
 
 def write_throughput(samples: int, method: str, device: torch.device) -> dict:
-    """End to end: `python -m fastsat.write_beton --saliency METHOD --teacher CKPT` on a CIFAR-layout
+    """End to end: `fastsat.write_beton.write_dataset(saliency=METHOD, teacher=CKPT)` on a CIFAR-layout
     set of `samples` random images, with a ResNet-10 teacher trained one epoch on it."""
     import tempfile
     import time
     from bench.loader import write_cifar_layout
     from fastsat.config import TrainConfig
     from fastsat.trainer import train
-    from fastsat.write_beton import main as write_main
+    from fastsat.write_beton import write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_cifar_layout(tmp, samples, np.random.default_rng(0))
         for split in ("train", "test"):
-            assert write_main(["--dataset", "cifar10", "--root", str(tmp), "--split", split,
-                               "--out", str(tmp / f"{split}.beton")]) == 0
+            write_dataset("cifar10", split, tmp / f"{split}.beton", root=tmp, progress=False)
         cfg = TrainConfig(train=str(tmp / "train.beton"), val=str(tmp / "train.beton"), model="resnet10",
                           method="standard", epochs=1, out=str(tmp / "teacher"), eval_eps=[1], eval_noise=[8],
                           eval_limit=64, eval_aa="none", device=device.type)
         train(cfg, progress=False)
         t0 = time.perf_counter()
-        assert write_main(["--dataset", "cifar10", "--root", str(tmp), "--split", "train", "--out",
-                           str(tmp / "sal.beton"), "--saliency", method, "--teacher",
-                           str(tmp / "teacher" / "checkpoint.pt"), "--device", device.type]) == 0
+        write_dataset("cifar10", "train", tmp / "sal.beton", root=tmp, saliency=method,
+                      teacher=tmp / "teacher" / "checkpoint.pt", device=device.type, progress=False)
         seconds = time.perf_counter() - t0
     return {"samples": samples, "method": method, "teacher": "resnet10 (width 1.0)", "seconds": seconds,
             "images_per_s": samples / seconds}

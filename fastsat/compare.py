@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import build_parser, config_from_args, read_recipes
+from .config import build_parser, config_from_args, parse_eps, read_recipes
 from .errors import InputError, masked_exit, run_cli
 from .methods import METHODS
 
@@ -27,7 +27,7 @@ def parser():
                       epilog="methods: " + METHODS.help() + ".\n\n" + __doc__.split("\n\n")[-1])
     ap.add_argument("--methods", default="standard,noise,sat,fgsm_rs", help="comma-separated training methods")
     ap.add_argument("--seeds", type=int, default=1, help="runs per method, seeds --seed, --seed + 1, ...")
-    ap.add_argument("--frontier-eps", type=float, default=None,
+    ap.add_argument("--frontier-eps", type=parse_eps, default=None,
                     help="ε (1/255) of the frontier plot, one of --eval-eps (default: the largest)")
     ap.add_argument("--recipes", type=Path,
                     help="TOML / YAML / JSON table {method: {setting: value}}: each method's own training recipe "

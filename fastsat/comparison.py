@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from .config import TrainConfig, differing, role_names
+from .config import TrainConfig, differing, role_names, upgrade
 from .errors import InputError
 from .files import atomic_write_text
 from .methods import METHODS
@@ -143,7 +143,7 @@ def run_one(cfg: TrainConfig, progress: bool, beside: bool = False) -> dict:
 def run_differences(out: Path, cfg: TrainConfig, roles: tuple) -> list[str]:
     """What differs between the run in ``out`` and ``cfg``: settings of ``roles`` and beton contents."""
     saved = json.loads((out / "config.json").read_text())
-    diff = [f"{k}: {was!r} → {now!r}" for k, (was, now) in differing(saved.get("config", {}), cfg, roles).items()]
+    diff = [f"{k}: {was!r} → {now!r}" for k, (was, now) in differing(upgrade(saved.get("config", {})), cfg, roles).items()]
     for name, want in data_ids(cfg).items():
         had = saved.get("data", {}).get(name)
         if had != want:

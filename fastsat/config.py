@@ -46,12 +46,17 @@ ROLES = ("run", "eval", "free")  # what a field affects: the training run, its e
 
 
 def opt(default, help: str, *, rule: Optional[Rule] = None, choices: Optional[Callable[[], list]] = None,
-        role: str = "run"):
+        role: str = "run", eps_like: bool = False):
     """A config field: default, one-line help with its unit, valid range (lists: of each item),
-    choices, and its role (see ``ROLES``)."""
+    choices, its role (see ``ROLES``), and whether it is ε-like (in ``UNITS``; "8/255" accepted)."""
     assert role in ROLES, role
     kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(**kw, metadata={"help": help, "rule": rule, "choices": choices, "role": role})
+    return field(**kw, metadata={"help": help, "rule": rule, "choices": choices, "role": role, "eps_like": eps_like})
+
+
+UNITS = "1/255"  # of every ε-like flag, config key and saved config: 8 means 8/255 (the literature's unit)
+EPS_MIN = 0.25  # an ε-like value below this is almost surely a fraction of 1 (the unit before 1/255)
+EPS_RULE = Rule(f"in [{EPS_MIN:g}, 255] (in 1/255: 8 means 8/255)", lambda v: EPS_MIN <= v <= 255)
 
 
 @dataclass
@@ -78,14 +83,15 @@ class TrainConfig:
                                "training (fraction)", rule=between(0, 1, hi_open=True))
     # method
     method: str = opt("sat", "training method", choices=lambda: list(METHODS))
-    eps: float = opt(EPS0, "ε₀ of SAT / noise / training attacks, pixel units in [0, 1]", rule=between(0, 1))
+    eps: float = opt(EPS0 * 255, "ε₀ of SAT / noise / training attacks, in 1/255 (8 or 8/255)", rule=EPS_RULE,
+                     eps_like=True)
     sat_schedule: str = opt("run", "Eq. 9's P(random): run = the paper's 100-epoch decay spread over this run's steps "
                                    "(1 → 0.6^10 however many epochs), epoch = sat_alpha ** epoch as written "
                                    "(reaches 0.6 only after 10 epochs)", choices=lambda: ["run", "epoch"])
     sat_alpha: float = opt(ALPHA, "Eq. 9: P(random) = sat_alpha ** t, t the epoch (paper: 0.6 ** (1/10))",
                            rule=between(0, 1, lo_open=True))
     pgd_steps: int = opt(5, "training PGD / TRADES steps", rule=at_least(1))
-    pgd_alpha: float = opt(2 / 255, "training attack step, pixel units", rule=between(0, 1, lo_open=True))
+    pgd_alpha: float = opt(2.0, "training PGD / TRADES step, in 1/255 (2 or 2/255)", rule=EPS_RULE, eps_like=True)
     nfgsm_k: float = opt(2.0, "N-FGSM noise magnitude: U(−k·eps, k·eps) (its paper: 2)", rule=between(0, 16))
     trades_beta: float = opt(6.0, "TRADES β (its own CIFAR default; the SAT reference code used 1)", rule=at_least(0))
     hybrid_p: float = opt(0.5, "probability that a hybrid (pgd_sat, ...) batch is the SAT / noise batch",
@@ -118,10 +124,10 @@ class TrainConfig:
     eval_protocol: str = opt("default", "default: PGD-20 + AutoAttack + white-box saliency + worst case + "
                                         "masking checks; paper: the paper's PGD-5/20/40, noise, TRADES, saliency",
                              choices=lambda: ["default", "paper"], role="eval")
-    eval_eps: list = opt([1, 2, 3, 4, 8], "attack ε list, in 1/255", rule=between(0, 255, lo_open=True), role="eval")
+    eval_eps: list = opt([1, 2, 3, 4, 8], "attack ε list, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
     eval_steps: list = opt([20], "PGD steps list (the paper protocol uses 5,20,40)", rule=at_least(1), role="eval")
-    eval_noise: list = opt([8, 16, 32], "uniform-noise ε list, in 1/255", rule=between(0, 255, lo_open=True), role="eval")
-    eval_step_size: float = opt(2.0, "PGD / TRADES attack step, in 1/255", rule=above(0), role="eval")
+    eval_noise: list = opt([8, 16, 32], "uniform-noise ε list, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
+    eval_step_size: float = opt(2.0, "PGD / TRADES attack step, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
     eval_aa: str = opt("standard", "AutoAttack version (standard, rand), a list of its attacks (apgd-ce, "
                                    "apgd-dlr, apgd-t, fab-t, square), or none", role="eval")
     eval_aa_impl: str = opt("pyautoattack", "AutoAttack implementation: pyautoattack (the reference, packaged "
@@ -149,6 +155,11 @@ class TrainConfig:
     log_csv: bool = opt(False, "also write metrics.csv (the metrics.jsonl fields, one row per epoch)", role="free")
     allow_change: bool = opt(False, "with --resume: accept changed settings (recorded in config.json with "
                                     "the epoch they took effect)", role="free")
+
+    def fraction(self, name: str) -> float:
+        """An ε-like field as a fraction of 1, as attacks and kernels take it (the one conversion)."""
+        assert FIELDS[name].metadata["eps_like"], name
+        return getattr(self, name) / 255
 
     def validate(self) -> "TrainConfig":
         for f in dataclasses.fields(self):
@@ -206,18 +217,60 @@ def check_value(f: dataclasses.Field, value) -> None:
         if isinstance(v, int) and not isinstance(v, bool) and not -2 ** 63 <= v < 2 ** 63:
             raise InputError(f"{flag(f.name)} must fit in 64 bits, got {v}")
         if rule is not None and not rule.ok(v):
-            raise InputError(f"{flag(f.name)} must be {rule.text}, got {v!r}")
+            hint = (f" — ε-like values are in 1/255, no longer fractions of 1: {v:g} of 1 is {v * 255:g} (or write "
+                    f"{v * 255:g}/255)" if f.metadata.get("eps_like") and 0 < v < EPS_MIN else "")
+            raise InputError(f"{flag(f.name)} must be {rule.text}, got {v!r}{hint}")
     if choices is not None and value not in choices():
         raise InputError(f"{flag(f.name)}: unknown {value!r}; expected one of {', '.join(choices())}")
 
 
 def parse_list(text: str) -> list:
-    """'1,2,3.5' → [1, 2, 3.5] (argparse type: a bad item is a one-line error)."""
+    """'1,2,3.5' → [1, 2, 3.5]; '2/255,8/255' → [2.0, 8.0] (argparse type: a bad item is a one-line error)."""
     try:
-        return [float(v) if any(c in v for c in ".eE") else int(v)
+        return [parse_eps(v) if "/" in v else float(v) if any(c in v for c in ".eE") else int(v)
                 for v in str(text).replace(" ", "").split(",") if v]
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         raise ValueError(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def parse_eps(text) -> float:
+    """An ε-like value in 1/255: '8' → 8.0, and a written fraction '8/255' → 8.0 ('1/32' → 7.97)."""
+    num, sep, den = str(text).strip().partition("/")
+    try:
+        value = float(num) / float(den) * 255 if sep else float(num)
+    except (ValueError, ZeroDivisionError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not an ε in 1/255 (such as 8 or 8/255): {text!r}")
+    return value
+
+
+def in_units(values: dict) -> dict:
+    """Config values with written fractions ('8/255', from a file) of ε-like keys in 1/255."""
+    def one(f, v):
+        if not f.metadata.get("eps_like"):
+            return v
+        if isinstance(v, list):
+            return [parse_eps(x) if isinstance(x, str) else x for x in v]
+        return parse_eps(v) if isinstance(v, str) else v
+    try:
+        return {k: one(FIELDS[k], v) if k in FIELDS else v for k, v in values.items()}
+    except argparse.ArgumentTypeError as e:
+        raise InputError(str(e)) from None
+
+
+def saved_config(cfg: "TrainConfig") -> dict:
+    """The config as checkpoints and config.json hold it, its unit named."""
+    return {**dataclasses.asdict(cfg), "units": UNITS}
+
+
+def upgrade(saved: dict) -> dict:
+    """A saved config in today's fields and units: configs saved before ε-like values moved to 1/255
+    (no ``units`` key) held ``eps`` and ``pgd_alpha`` as fractions of 1; retired keys are dropped."""
+    values = dict(saved)
+    if values.get("units") != UNITS:
+        values.update({k: values[k] * 255 for k in ("eps", "pgd_alpha") if isinstance(values.get(k), (int, float))})
+    return {k: v for k, v in values.items() if k in FIELDS}
 
 
 def read_config_file(path: Path) -> dict:
@@ -280,13 +333,12 @@ def add_fields(ap, names=None) -> None:
             ap.add_argument(flag(f.name), type=parse_list, metavar="A,B,...", **kw)
         else:
             choices = f.metadata.get("choices")
-            ap.add_argument(flag(f.name), type=type(default), **kw,
+            ap.add_argument(flag(f.name), type=parse_eps if f.metadata["eps_like"] else type(default), **kw,
                             **({"choices": choices(), "metavar": "{" + ",".join(choices()) + "}"} if choices else {}))
 
 
 def build_parser(prog: str, description: str, epilog: str = "") -> ArgumentParser:
-    ap = ArgumentParser(prog=prog, description=description, epilog=epilog,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=description, epilog=epilog)
     ap.add_argument("--config", type=Path, help="TOML / YAML / JSON file of defaults (flags override it)")
     add_fields(ap)
     return ap
@@ -300,12 +352,11 @@ def load_config(argv=None, prog="python -m fastsat.train", description="") -> Tr
 def config_from_args(args, base: Optional[dict] = None, names=None) -> TrainConfig:
     """The TrainConfig of parsed arguments: ``base`` (e.g. a checkpoint's), the file, then the flags
     (those of ``names`` only, when given)."""
-    values = dict(base or {})
+    values = upgrade(base) if base else {}
     if getattr(args, "config", None):
-        values.update(read_config_file(args.config))
+        values.update(in_units(read_config_file(args.config)))
     names = FIELDS if names is None else names
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    values = {k: v for k, v in values.items() if k in FIELDS}  # older configs may carry retired keys
     return TrainConfig(**values).validate()
 
 

@@ -47,12 +47,23 @@ def masked_exit(reports: list[dict], fail: bool) -> int:
     return MASKED_EXIT if masked and fail else 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every flag's default appended to its help, unless the
+    help states it already or there is none to state (None, False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("(default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or action.default == []):
+            return text
+        return text + " (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with defaults shown in ``--help`` and bad flags reported as one ``error:`` line."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs, formatter_class=HelpFormatter)
 
     def error(self, message):
         raise InputError(f"{message} (see --help)")

@@ -11,7 +11,6 @@ Exit codes: 0 done; 2 bad input (one ``error:`` line); 3 done, but a gradient-ma
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ EVAL_FIELDS = role_names("eval") | {"seed", "device", "fail_on_masking", "allow_
 
 def parser() -> ArgumentParser:
     ap = ArgumentParser(prog="python -m fastsat.evaluate", description=__doc__.split("\n\n")[0],
-                        epilog=__doc__.split("\n\n")[-1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                        epilog=__doc__.split("\n\n")[-1])
     ap.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt or best.pt of a run")
     ap.add_argument("--val", type=Path, help="beton to evaluate on (default: the run's test beton)")
     ap.add_argument("--out", type=Path, help="report folder (default: the checkpoint's folder)")

@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from .config import upgrade
 from .errors import ArgumentParser, InputError, run_cli
 from .files import atomic_write, atomic_write_text
 
@@ -48,26 +49,27 @@ def robustbench_entry(ckpt: dict, run: Path, name: str) -> dict:
     """RobustBench's model_info fields (strings as its entries write them) and fastsat's additions."""
     from .models import timm_name
 
-    cfg = ckpt["config"]
+    cfg = upgrade(ckpt["config"])
     report_path, summary_path = run / "robustness.json", run / "summary.json"
     entry = {"link": "", "name": name, "authors": "", "additional_data": False,
              "number_forward_passes": 1, "dataset": ckpt["identity"]["dataset"], "venue": "",
              "architecture": f"{timm_name(ckpt['model_args']['name'])} (width {ckpt['model_args'].get('width', 1.0)})",
-             "eps": f"{round(cfg['eps'] * 255)}/255", "clean_acc": None, "reported": None, "autoattack_acc": None,
+             "eps": f"{cfg['eps']:g}/255", "clean_acc": None, "reported": None, "autoattack_acc": None,
              "footnote": "", "unreliable": False}
-    fastsat = {"method": cfg["method"], "epochs": cfg["epochs"], "seed": cfg["seed"], "training_eps": cfg["eps"]}
+    fastsat = {"method": cfg["method"], "epochs": cfg["epochs"], "seed": cfg["seed"], "training_eps": f"{cfg['eps']:g}/255"}
     if not report_path.is_file():
         entry["footnote"] = "not evaluated: no robustness.json beside the checkpoint"
         return {**entry, "fastsat": {**fastsat, "evaluation": "missing"}}
     report = json.loads(report_path.read_text())
-    eps = f"{round(cfg['eps'] * 255):g}"
+    eps = f"{cfg['eps']:g}"
     rows = report["attacks"]
     aa = report["settings"].get("autoattack", {})
     entry["clean_acc"] = f"{report['clean']:.2f}"
     if "autoattack" in rows and eps in rows["autoattack"]:
         entry["autoattack_acc"] = entry["reported"] = f"{rows['autoattack'][eps]:.2f}"
         entry["footnote"] = (f"AutoAttack {aa.get('version')} by {aa.get('implementation')}, {aa.get('steps')} "
-                             f"iterations, n = {report['n']} {report['data']['dataset']}/{report['data']['split']}")
+                             f"iterations, n = {report['n']} {report['data']['dataset']}/{report['data']['split']}"
+                             + ("; cascade: after the attacks run before it" if report["settings"].get("cascade") else ""))
     else:
         entry["footnote"] = f"AutoAttack was not run at ε = {eps}/255"
     entry["unreliable"] = bool(report.get("masked"))
@@ -101,10 +103,9 @@ def export(checkpoint: Path, out: Path, overwrite: bool = False) -> str:
 
 
 def parser() -> ArgumentParser:
-    import argparse
 
     ap = ArgumentParser(prog="python -m fastsat.export", description=__doc__.split("\n\n")[0],
-                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                        epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--checkpoint", type=Path, required=True, help="best.pt or checkpoint.pt of a fastsat run")
     ap.add_argument("--out", type=Path, required=True, help="folder to write (created)")
     ap.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out")

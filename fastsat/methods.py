@@ -122,7 +122,7 @@ class Batch:
         else:
             granularity = self.granularity
         x = sat_perturb(self.x, bits, p=p, seed=derive_seed(self.seed, "sat"), granularity=granularity,
-                        eps=cfg.eps, out_dtype=self.out_dtype)
+                        eps=cfg.fraction("eps"), out_dtype=self.out_dtype)
         return augment(x, cfg.pad, cfg.flip, self.draws("augment"))
 
 
@@ -139,7 +139,7 @@ def standard(cfg, model, b: Batch):
 @register_method("noise", description="x + U(−eps, eps) per element, clipped (same cost as standard)",
                  selection="clean")
 def noise(cfg, model, b: Batch):
-    x = UniformNoise(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("noise"))
+    x = UniformNoise(cfg.fraction("eps"))(model, b.clean(cfg), b.y, generator=b.draws("noise"))
     return _ce(model, x, b.y, cfg.label_smoothing)
 
 
@@ -158,7 +158,7 @@ def sign(cfg, model, b: Batch):
 @register_method("fgsm_rs", single_step=True,
                  description="FGSM from a random start, step 1.25·eps (Wong et al. 2020): 2 passes")
 def fgsm_rs(cfg, model, b: Batch):
-    x = FGSMRS(cfg.eps)(model, b.clean(cfg), b.y, generator=b.draws("attack"))
+    x = FGSMRS(cfg.fraction("eps"))(model, b.clean(cfg), b.y, generator=b.draws("attack"))
     return _ce(model, x, b.y, cfg.label_smoothing)
 
 
@@ -166,21 +166,21 @@ def fgsm_rs(cfg, model, b: Batch):
                  description="N-FGSM (de Jorge et al. 2022): noise U(±nfgsm_k·eps), one unprojected step of eps: "
                              "2 passes")
 def n_fgsm(cfg, model, b: Batch):
-    attack = NFGSM(cfg.eps, cfg.nfgsm_k)
+    attack = NFGSM(cfg.fraction("eps"), cfg.nfgsm_k)
     return _ce(model, attack(model, b.clean(cfg), b.y, generator=b.draws("attack")), b.y, cfg.label_smoothing)
 
 
 @register_method("pgd", description="PGD-pgd_steps from a random start (Madry et al.): pgd_steps + 1 passes")
 def pgd(cfg, model, b: Batch):
     x = b.clean(cfg)
-    x = PGD(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.draws("attack"))
+    x = PGD(cfg.fraction("eps"), cfg.fraction("pgd_alpha"), cfg.pgd_steps)(model, x, b.y, generator=b.draws("attack"))
     return _ce(model, x, b.y, cfg.label_smoothing)
 
 
 @register_method("trades", description="CE(clean) + trades_beta·KL(f(x_adv) ‖ f(x)) (Zhang et al. 2019)")
 def trades(cfg, model, b: Batch):
     x = b.clean(cfg)
-    adv = TradesAttack(cfg.eps, cfg.pgd_alpha, cfg.pgd_steps)(model, x, b.y, generator=b.draws("attack"))
+    adv = TradesAttack(cfg.fraction("eps"), cfg.fraction("pgd_alpha"), cfg.pgd_steps)(model, x, b.y, generator=b.draws("attack"))
     logits = model(x).float()  # separate forward passes, as the TRADES reference (BatchNorm sees
     logits_adv = model(adv).float()  # the clean and the adversarial batch apart)
     kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")

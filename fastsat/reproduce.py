@@ -38,7 +38,7 @@ from .comparison import MASKED, fmt, run_one, side_by_side
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
 from .files import Claim, Locked, atomic_write_text
-from . import write_beton
+from .write_beton import write_dataset
 
 BUDGETS = {  # TrainConfig settings per budget (the model and epochs every run shares)
     "quick": {"model": "resnet10", "width": 0.125, "epochs": 1, "batch_size": 64, "lr": 2e-3, "pad": 2,
@@ -56,11 +56,11 @@ TEACHERS = {  # name → (method, the checkpoint whose maps are used): the stand
     "t_std": ("standard", "checkpoint.pt"),  # (robust selection means nothing for it), the PGD
     "t_adv": ("pgd", "best.pt"),  # teacher's epoch of best holdout PGD accuracy
 }
-MAPS = {  # training beton → write_beton saliency flags (teachers by name)
-    "gbp_std": ["--saliency", "gbp", "--teacher", "t_std"],
-    "gbp_adv": ["--saliency", "gbp", "--teacher", "t_adv"],
-    "box_adv": ["--saliency", "gradcam_pp_box", "--teacher", "t_adv"],
-    "mix_adv": ["--saliency", "gbp", "--teacher", "t_adv", "--saliency2", "gradcam_pp_box"],
+MAPS = {  # training beton → write_dataset's saliency keywords (teachers by name)
+    "gbp_std": {"saliency": "gbp", "teacher": "t_std"},
+    "gbp_adv": {"saliency": "gbp", "teacher": "t_adv"},
+    "box_adv": {"saliency": "gradcam_pp_box", "teacher": "t_adv"},
+    "mix_adv": {"saliency": "gbp", "teacher": "t_adv", "saliency2": "gradcam_pp_box"},
 }
 STUDENTS = {  # label → (method, training beton, extra settings)
     "standard": ("standard", "train", {}),
@@ -111,18 +111,16 @@ class Steps:
         """Where beton ``name`` (``base``: the dataset's own, with its weak map) of ``split`` lives."""
         return self.out / "data" / (f"{split}.beton" if name == "base" else f"{name}_{split}.beton")
 
-    def beton(self, name: str, split: str = "train", flags=()) -> Path:
+    def beton(self, name: str, split: str = "train", maps: dict | None = None) -> Path:
         path = self.path(name, split)
         if path.is_file():
             open_beton(path)  # validated, then reused
             return path
         t0 = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
-        teacher_flags = [str(self.out / "teachers" / f / TEACHERS[f][1]) if f in TEACHERS else f for f in flags]
-        root = ["--root", str(self.args.root)] if self.args.root else []
-        write_beton.write(write_beton.parser().parse_args(
-            ["--dataset", self.args.dataset, *root, "--split", split, "--out", str(path), "--device",
-             self.args.device, *teacher_flags]))  # its errors (and Ctrl-C) reach reproduce's one error line
+        maps = {k: self.out / "teachers" / v / TEACHERS[v][1] if v in TEACHERS else v for k, v in (maps or {}).items()}
+        write_dataset(self.args.dataset, split, path, device=self.args.device, root=self.args.root,
+                      **maps)  # its errors (and Ctrl-C) reach reproduce's one error line
         self.done(f"beton {path.name}", time.perf_counter() - t0)
         return path
 
@@ -355,10 +353,10 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
         cfg = replace(base, method=method, out=str(folder), select="robust" if checkpoint == "best.pt" else "last")
         todo.append(Step(f"teacher {name}", ("beton train", "beton test"), (folder / "summary.json").is_file,
                          partial(steps.train, folder, cfg.validate())))
-    for name, flags in MAPS.items():
-        needs = tuple(f"teacher {f}" for f in flags if f in TEACHERS)
+    for name, maps in MAPS.items():
+        needs = tuple(f"teacher {t}" for t in maps.values() if t in TEACHERS)
         todo.append(Step(f"beton {name}", needs, steps.path(name).is_file,
-                         partial(steps.beton, name, "train", flags)))
+                         partial(steps.beton, name, "train", maps)))
     todo.append(Step("grids", tuple(f"teacher {t}" for t in TEACHERS),
                      lambda: all((out / f"grid_{t}.png").is_file() for t in TEACHERS),
                      partial(grids, out, test, args.device)))
@@ -455,10 +453,8 @@ def grids(out: Path, test_beton: Path, device: str) -> None:
 
 
 def parser() -> ArgumentParser:
-    import argparse
 
     ap = ArgumentParser(prog="python -m fastsat.reproduce", description=__doc__.split("\n\n")[0],
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="budgets: " + "; ".join(f"{k}: {v['model']} width {v['width']}, {v['epochs']} epochs"
                                                        for k, v in BUDGETS.items()))
     ap.add_argument("--dataset", default="fashion-mnist", help="a dataset layout with a weak map (fashion-mnist, ...)")

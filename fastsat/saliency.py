@@ -256,12 +256,11 @@ def grid(teacher, images: np.ndarray, labels: np.ndarray, methods, path, title: 
 
 def parser():
     """python -m fastsat.saliency --teacher CKPT --beton X.beton --out grid.png [--methods a,b] [--n 6]"""
-    import argparse
     from pathlib import Path
 
     from .errors import ArgumentParser
 
-    ap = ArgumentParser(prog="python -m fastsat.saliency", formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = ArgumentParser(prog="python -m fastsat.saliency",
                         description="PNG grid of images beside their teacher saliency signs",
                         epilog="saliency methods: " + SALIENCY.help() + ".")
     ap.add_argument("--teacher", type=Path, required=True, help="checkpoint of fastsat.train")

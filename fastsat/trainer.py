@@ -11,7 +11,6 @@ points in one epoch is flagged as catastrophic overfitting (Wong et al. 2020).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import torch
 
 from .attacks import PGD
 from .beton import BetonInfo, content_id, open_beton
-from .config import TrainConfig, differing, provenance
+from .config import TrainConfig, differing, provenance, saved_config, upgrade
 from .data import make_batches
 from .errors import InputError
 from .files import atomic_write_text
@@ -188,7 +187,7 @@ def _resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
     state = read_checkpoint(out / CHECKPOINT)
     if state["identity"] != identity:
         raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
-    changed = differing(state["config"], cfg, roles=("run",))  # evaluation and bookkeeping may change
+    changed = differing(upgrade(state["config"]), cfg, roles=("run",))  # evaluation and bookkeeping may change
     run_long = cfg.sat_schedule == "run" and METHODS.get(cfg.method).needs_saliency  # Eq. 9 spans the run
     if cfg.lr_schedule == "none" and not run_long:  # nothing depends on the run's length:
         changed.pop("epochs", None)  # more epochs continue the same run
@@ -226,14 +225,14 @@ def _write_config(run: Run, hold_idx: np.ndarray) -> None:
         if run.state["changed"]:
             saved.setdefault("changes", []).append({"epoch": run.state["epoch"], "changed": {
                 k: {"was": was, "now": now} for k, (was, now) in run.state["changed"].items()}})
-            saved["config"] = dataclasses.asdict(run.cfg)
+            saved["config"] = saved_config(run.cfg)
         atomic_write_text(path, json.dumps(saved, indent=1))
         return
     run.folder.claim()
     holdout = {"n": len(hold_idx), "per_class": per_class(run.info.labels, hold_idx), "indices": hold_idx.tolist(),
                "checked_each_epoch": len(run.holdout.y)}
     data = {"train": content_id(run.info.manifest), "val": content_id(run.val_info.manifest)}
-    atomic_write_text(path, json.dumps({"kind": RUN_KIND, "config": dataclasses.asdict(run.cfg), "data": data,
+    atomic_write_text(path, json.dumps({"kind": RUN_KIND, "config": saved_config(run.cfg), "data": data,
                                         "holdout": holdout, **provenance()}, indent=1))
     (run.out / "metrics.jsonl").unlink(missing_ok=True)
 
@@ -318,7 +317,7 @@ def criterion(cfg: TrainConfig) -> str:
 def select(run: Run, line: dict, history: list, best: dict) -> None:
     """Holdout clean and PGD accuracy into ``line``; ``best`` updated; catastrophic overfitting flagged."""
     cfg = run.cfg
-    pgd = PGD(cfg.eps, cfg.eps / 4, cfg.select_steps)
+    pgd = PGD(cfg.fraction("eps"), cfg.fraction("eps") / 4, cfg.select_steps)
     line["holdout_clean"] = 100.0 * correct_under(run.model, run.holdout).float().mean().item()
     line["holdout_pgd"] = 100.0 * correct_under(run.model, run.holdout, pgd, seed=cfg.seed).float().mean().item()
     previous = history[-1]["holdout_pgd"] if history else None
@@ -346,7 +345,7 @@ def save(run: Run, epoch: int, line: dict, stats: dict, best: dict) -> None:
         f.write(json.dumps(line) + "\n")
     if run.cfg.log_csv:
         write_csv(run.out)
-    state = {"config": dataclasses.asdict(run.cfg), "model_args": model_args(run.cfg, run.info),
+    state = {"config": saved_config(run.cfg), "model_args": model_args(run.cfg, run.info),
              "identity": run.identity, "epoch": epoch + 1, "model_state": run.model.state_dict(),
              "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
              "rng": torch.get_rng_state(), "stats": stats, "best": best, **provenance()}

@@ -27,11 +27,10 @@ WEAK = ("bbox", "mask")
 
 
 def parser() -> ArgumentParser:
-    import argparse
 
     ap = ArgumentParser(prog="python -m fastsat.write_beton", description=__doc__.splitlines()[0],
                         epilog="datasets: " + LAYOUTS.help() + ".\n\nteacher saliency methods: " + SALIENCY.help()
-                        + ".", formatter_class=argparse.RawDescriptionHelpFormatter)
+                        + ".")
     ap.add_argument("--dataset", required=True, choices=list(LAYOUTS), help="layout to read (see below)")
     ap.add_argument("--split", default="train", help="split to write (train, test, val: as the layout has them)")
     ap.add_argument("--out", type=Path, required=True, help="output .beton path (manifest goes to OUT.json)")
@@ -108,55 +107,75 @@ def _load_teacher(ckpt_path, source, device) -> dict:
     return ckpt
 
 
-def _plan(args, layout, source) -> list[tuple[str, Path | None, dict]]:
-    """(method, teacher, resolved params) per requested map, every flag checked before any work."""
+def _plan(dataset: str, layout, source, requests) -> list[tuple[str, Path | None, dict]]:
+    """(method, teacher, resolved params) per requested map — ``requests`` holds (method, teacher,
+    params, params' flag) for ``sal`` then ``sal2`` — every choice checked before any work."""
     weak = ("none", *layout.weak)
-    requested = [source.saliency if args.saliency == "auto" else args.saliency]
-    if args.saliency2:
-        requested.append(args.saliency2)
-    if requested[0] == "none" and len(requested) > 1:
+    requests = [(source.saliency if m == "auto" else m, t, p, f) for m, t, p, f in requests if m is not None]
+    if requests[0][0] == "none" and len(requests) > 1:
         raise InputError("--saliency2 needs a first saliency map")
     plan = []
-    for method, teacher, pairs, flag in zip(requested, [args.teacher, args.teacher2 or args.teacher],
-                                            [args.sal_param, args.sal2_param], ["--sal-param", "--sal2-param"]):
+    for method, teacher, params, flag in requests:
         if method not in weak and method not in SALIENCY:
-            raise InputError(f"{args.dataset} has no {method!r} saliency (weak: {', '.join(weak)}; "
+            raise InputError(f"{dataset} has no {method!r} saliency (weak: {', '.join(weak)}; "
                              f"teacher: {', '.join(SALIENCY)})")
         if method in SALIENCY:
             if teacher is None:
                 raise InputError(f"--saliency {method} needs --teacher CKPT (a checkpoint of fastsat.train)")
-            plan.append((method, teacher, SALIENCY.get(method).resolve(_params(pairs, flag))))
-        elif pairs:
+            plan.append((method, Path(teacher), SALIENCY.get(method).resolve(params or {})))
+        elif params:
             raise InputError(f"{flag} applies to teacher saliency methods, not to {method!r}")
         else:
             plan.append((method, None, {}))
     return plan
 
 
-def write(args):
-    layout = LAYOUTS.get(args.dataset)
-    if args.out.exists() and not args.overwrite:  # fail before minutes of reading or saliency
-        raise InputError(f"{args.out} exists (use --overwrite to replace it)")
-    if args.out.is_dir():
-        raise InputError(f"--out {args.out} is a folder; name the .beton file to write")
-    if not args.out.parent.is_dir():
-        raise InputError(f"output folder {args.out.parent} does not exist")
-    if args.sal_batch < 1:
-        raise InputError(f"--sal-batch must be >= 1, got {args.sal_batch}")
-    if args.workers != -1 and not 1 <= args.workers <= (os.cpu_count() or 1):
-        raise InputError(f"--workers must be -1 (all cores) or in [1, {os.cpu_count() or 1}], got {args.workers}")
-    samples = open_writer(args.dataset, args.split, **{k: getattr(args, k) for k in OPTIONS})
-    source = samples.source
-    plan = _plan(args, layout, source)
-    device = pick_device(args.device)
-    teachers = {t: _load_teacher(t, source, device) for _, t, _ in plan if t is not None}
-    write_args = {"overwrite": args.overwrite, "workers": args.workers, "writer": args.writer, "progress": True}
-    if plan[0][0] == "none":
-        return write_beton(samples, source, args.out, **write_args)
-    if len(plan) == 1 and plan[0][0] in WEAK:
-        maps = {"sal": weak_map(plan[0][0])}
-        return write_beton(samples, source, args.out, maps=maps, **write_args)
+def _check_output(out: Path, overwrite: bool, sal_batch: int, workers: int, options: dict) -> None:
+    """Everything about the request that can fail, before minutes of reading or saliency."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InputError(f"unknown layout options {unknown} (known: {', '.join(OPTIONS)})")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} exists (use --overwrite to replace it)")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; name the .beton file to write")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist")
+    if sal_batch < 1:
+        raise InputError(f"--sal-batch must be >= 1, got {sal_batch}")
+    if workers != -1 and not 1 <= workers <= (os.cpu_count() or 1):
+        raise InputError(f"--workers must be -1 (all cores) or in [1, {os.cpu_count() or 1}], got {workers}")
 
+
+def write_dataset(dataset: str, split: str, out, *, saliency: str = "auto", teacher=None, params: dict | None = None,
+                  saliency2: str | None = None, teacher2=None, params2: dict | None = None, sal_batch: int = 256,
+                  device: str = "auto", writer: str = "auto", workers: int = -1, overwrite: bool = False,
+                  progress: bool = True, **options):
+    """Write ``split`` of ``dataset``'s official layout to the beton ``out`` (and its manifest) with
+    the requested maps — what ``python -m fastsat.write_beton`` does, each keyword its flag
+    (``options``: the layout's ``root``, ``side``, ``fold``, ``missing_mask``, ``mask_root``).
+    Returns the written beton's ``BetonInfo``; bad requests raise ``InputError`` before any work."""
+    out, layout = Path(out), LAYOUTS.get(dataset)
+    _check_output(out, overwrite, sal_batch, workers, options)
+    samples = open_writer(dataset, split, **{k: options.get(k) for k in OPTIONS})
+    source = samples.source
+    plan = _plan(dataset, layout, source, [(saliency, teacher, params, "--sal-param"),
+                                                         (saliency2, teacher2 or teacher, params2, "--sal2-param")])
+    device = pick_device(device)
+    teachers = {t: _load_teacher(t, source, device) for _, t, _ in plan if t is not None}
+    write_args = {"overwrite": overwrite, "workers": workers, "writer": writer, "progress": progress}
+    if plan[0][0] == "none":
+        return write_beton(samples, source, out, **write_args)
+    if len(plan) == 1 and plan[0][0] in WEAK:
+        return write_beton(samples, source, out, maps={"sal": weak_map(plan[0][0])}, **write_args)
+    computed = _teacher_maps(samples, source, plan, teachers, sal_batch, device)
+    maps = {name: SaliencyMap(g, info, bitlayout.pack_np(p)) for name, (g, p, info) in zip(("sal", "sal2"), computed)}
+    return write_beton(samples, source, out, maps=maps, **write_args)
+
+
+def _teacher_maps(samples, source, plan, teachers: dict, sal_batch: int, device) -> list[tuple[str, np.ndarray, dict]]:
+    """(granularity, positive mask, provenance) per planned map: weak masks from the layout, the
+    others computed by their teachers; maps of two granularities both widened to per element."""
     images, labels, masks = _gather(samples)
     computed = []
     for method, teacher, params in plan:
@@ -164,7 +183,7 @@ def write(args):
             computed.append(("pixel", masks, {"method": method, "equation": "Eq. 10"}))
             continue
         ckpt = teachers[teacher]
-        positive, zero_maps = compute(method, ckpt["model"], images, labels, batch_size=args.sal_batch,
+        positive, zero_maps = compute(method, ckpt["model"], images, labels, batch_size=sal_batch,
                                       device=device, params=params)
         if zero_maps:
             source.notes.append(f"{method}: {zero_maps} all-zero maps stored as all +1 (tie rule)")
@@ -175,8 +194,16 @@ def write(args):
     if len({g for g, _, _ in computed}) > 1:  # mixable maps share one layout: widen pixel maps
         c = source.image_shape[2]
         computed = [("element", p if g == "element" else np.repeat(p[..., None], c, axis=3), i) for g, p, i in computed]
-    maps = {name: SaliencyMap(g, info, bitlayout.pack_np(p)) for name, (g, p, info) in zip(("sal", "sal2"), computed)}
-    return write_beton(samples, source, args.out, maps=maps, **write_args)
+    return computed
+
+
+def write(args):
+    """The parsed flags → ``write_dataset``."""
+    return write_dataset(args.dataset, args.split, args.out, saliency=args.saliency, teacher=args.teacher,
+                         params=_params(args.sal_param, "--sal-param"), saliency2=args.saliency2,
+                         teacher2=args.teacher2, params2=_params(args.sal2_param, "--sal2-param"),
+                         sal_batch=args.sal_batch, device=args.device, writer=args.writer, workers=args.workers,
+                         overwrite=args.overwrite, **{k: getattr(args, k) for k in OPTIONS})
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ no process of a killed command (its FFCV writers included) outlives it.
 """
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -152,6 +153,29 @@ def test_same_data_same_content_hash(tmp_path):
     assert a == b
 
 
+def test_the_library_writer_is_what_the_command_writes(tmp_path, monkeypatch):
+    """``write_dataset`` (what reproduce and the benches call) and the command give the same beton;
+    its bad requests fail before any sample is read."""
+    from fastsat.errors import InputError
+    from fastsat.write_beton import write_dataset
+
+    assert write_main(["--dataset", "digits", "--split", "test", "--out", str(tmp_path / "cli.beton")]) == 0
+    info = write_dataset("digits", "test", tmp_path / "lib.beton", progress=False)
+    manifests = [json.loads((tmp_path / f"{n}.beton.json").read_text()) for n in ("cli", "lib")]
+    assert info.manifest["content_blake2b"] == manifests[0]["content_blake2b"] == manifests[1]["content_blake2b"]
+    assert manifests[1]["saliency"]["sal"]["source"]["method"] == "mask"  # the layout's weak map, as "auto" says
+
+    def boom(*a, **k):
+        raise AssertionError("samples read before the request was checked")
+    monkeypatch.setattr(write_beton_cli, "open_writer", boom)
+    for kwargs, words in [({"sides": 8}, "unknown layout options ['sides']"), ({"workers": 0}, "--workers"),
+                          ({"sal_batch": 0}, "--sal-batch")]:
+        with pytest.raises(InputError, match=re.escape(words)):
+            write_dataset("digits", "test", tmp_path / "new.beton", **kwargs)
+    with pytest.raises(InputError, match="exists"):
+        write_dataset("digits", "test", tmp_path / "lib.beton")
+
+
 def test_teacher_saliency_waits_for_the_output_checks(tmp_path, monkeypatch, capsys):
     def boom(*a, **k):
         raise AssertionError("saliency computed before the output path was checked")
@@ -262,9 +286,9 @@ def test_resume_refuses_changed_settings_unless_allowed(tmp_path, tiny_flags, ca
     run = tmp_path / "run"
     flags = [*tiny_flags, "--method", "standard", "--eval-aa", "none", "--out", str(run)]
     assert train_main([*flags, "--epochs", "1"]) == 0
-    assert train_main([*flags, "--epochs", "2", "--resume", "--lr", "0.01", "--eps", "0.01"]) == 2
+    assert train_main([*flags, "--epochs", "2", "--resume", "--lr", "0.01", "--eps", "3"]) == 2
     err = capsys.readouterr().err
-    assert "lr is 0.01" in err and "eps is 0.01" in err and "--allow-change" in err
+    assert "lr is 0.01" in err and "eps is 3" in err and "--allow-change" in err
     assert train_main([*flags, "--epochs", "2", "--resume", "--lr", "0.01", "--allow-change"]) == 0
     change = json.loads((run / "config.json").read_text())["changes"][0]
     assert change["epoch"] == 1 and change["changed"]["lr"] == {"was": 1e-3, "now": 0.01}

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fastsat.compare import main as compare_main
-from fastsat.config import load_config
+from fastsat.config import TrainConfig, load_config
+from fastsat.kernels.spec import EPS0
 from fastsat.evaluate import main as evaluate_main
 from fastsat.train import main as train_main
 from fastsat.errors import InputError
@@ -61,7 +62,11 @@ def test_config_file_then_flags(tmp_path):
 @pytest.mark.parametrize("flags,word", [
     (["--method", "magic"], "invalid choice: 'magic'"),
     (["--model", "resnet9000"], "unknown model"),
-    (["--eps", "1.5"], "--eps must be in [0, 1]"),
+    (["--eps", "300"], "--eps must be in [0.25, 255]"),
+    (["--eps", "0.0314"], "no longer fractions of 1: 0.0314 of 1 is 8.007"),  # the old unit: a hint
+    (["--pgd-alpha", "0.0078"], "--pgd-alpha must be in [0.25, 255]"),
+    (["--eval-eps", "0.03,8"], "--eval-eps must be in"),
+    (["--eps", "8/0"], "not an ε in 1/255"),
     (["--hybrid-p", "-0.1"], "--hybrid-p must be in"),
     (["--method", "sat", "--sal-mix"], "no saliency field 'sal2'"),
 ])
@@ -69,6 +74,30 @@ def test_bad_input(tmp_path, tiny_flags, capsys, flags, word):
     assert train_main([*tiny_flags, "--epochs", "1", "--out", str(tmp_path / "x"), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert word in err[-1]
+
+
+def test_eps_like_values_are_in_1_255_everywhere(tmp_path):
+    """Flags, config files and written fractions give the same ε; attacks get fractions of 1."""
+    from fastsat.config import load_config
+
+    (tmp_path / "c.toml").write_text('eps = "8/255"\npgd_alpha = 2\neval_eps = ["2/255", 4]\n')
+    a = load_config(["--eps", "8", "--pgd-alpha", "2/255", "--eval-eps", "2,4/255"])
+    b = load_config(["--config", str(tmp_path / "c.toml")])
+    for cfg in (a, b):
+        assert (cfg.eps, cfg.pgd_alpha, cfg.eval_eps) == (8.0, 2.0, [2, 4])
+        assert cfg.fraction("eps") == pytest.approx(8 / 255) and cfg.fraction("pgd_alpha") == pytest.approx(2 / 255)
+    assert TrainConfig().eps == 8 and TrainConfig().fraction("eps") == pytest.approx(EPS0)
+
+
+def test_configs_saved_in_the_old_unit_are_read_in_the_new_one():
+    from fastsat.config import saved_config, upgrade
+
+    old = {**{k: v for k, v in saved_config(TrainConfig()).items() if k != "units"}, "eps": 4 / 255,
+           "pgd_alpha": 1 / 255, "retired_key": 1}
+    new = upgrade(old)
+    assert new["eps"] == pytest.approx(4) and new["pgd_alpha"] == pytest.approx(1) and "retired_key" not in new
+    assert upgrade(saved_config(TrainConfig(eps=4)))["eps"] == 4  # today's unit: unchanged
+    assert TrainConfig(**new).validate().eps == pytest.approx(4)
 
 
 def test_saliency_method_on_a_beton_without_saliency(tmp_path, tiny_flags, capsys):

@@ -237,7 +237,7 @@ def test_compare_reuses_only_identical_runs(tmp_path, tiny_flags, digits, capsys
     from fastsat.write_beton import main as write_main
     assert write_main(["--dataset", "digits", "--split", "train", "--out", str(other), "--saliency", "none"]) == 0
     capsys.readouterr()
-    for change, word in [(["--eps", "0.1"], "eps"), (["--epochs", "2"], "epochs"), (["--eval-eps", "4",
+    for change, word in [(["--eps", "6"], "eps"), (["--epochs", "2"], "epochs"), (["--eval-eps", "4",
                          "--frontier-eps", "4"], "eval_eps"), (["--train", str(other)], "train beton content")]:
         assert compare_main([*flags, *change]) == 2, change
         err = capsys.readouterr().err.strip().splitlines()  # "== standard, seed 0", then the error
