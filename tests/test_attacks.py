@@ -109,7 +109,7 @@ def test_trades_loss_matches_its_reference():
     from fastsat.kernels.spec import derive_seed
 
     gen = torch.Generator().manual_seed(derive_seed(5, "attack"))  # the batch's attack stream
-    adv = TradesAttack(cfg.eps, cfg.pgd_alpha, 2)(model, xu, y, generator=gen)
+    adv = TradesAttack(cfg.fraction("eps"), cfg.fraction("pgd_alpha"), 2)(model, xu, y, generator=gen)
     model.train()
     logits = model(xu)
     kl = F.kl_div(F.log_softmax(model(adv), 1), F.softmax(model(xu), 1), reduction="sum") / len(y)

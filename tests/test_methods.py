@@ -110,11 +110,11 @@ def test_sign_moves_every_element_by_eps_with_a_random_sign():
     bits = bitlayout.pack_torch(positive)
     out = Batch(x, torch.zeros(64, dtype=torch.long), bits, 0.006, seed=3).sat(cfg, p_random=1.0)
     delta = out.permute(0, 2, 3, 1) - 128 / 255
-    assert torch.allclose(delta.abs(), torch.full_like(delta, cfg.eps), atol=1e-6)
+    assert torch.allclose(delta.abs(), torch.full_like(delta, cfg.fraction("eps")), atol=1e-6)
     agree = (delta < 0).float().mean().item()  # agreement with −s: ½ within 4σ
     assert abs(agree - 0.5) < 4 * math.sqrt(0.25 / delta.numel())
     nomap = Batch(x, torch.zeros(64, dtype=torch.long), None, 0.006, seed=3).sat(cfg, p_random=1.0)
-    assert torch.allclose(nomap.permute(0, 2, 3, 1).sub(128 / 255).abs(), torch.full_like(delta, cfg.eps), atol=1e-6)
+    assert torch.allclose(nomap.permute(0, 2, 3, 1).sub(128 / 255).abs(), torch.full_like(delta, cfg.fraction("eps")), atol=1e-6)
     with pytest.raises(InputError, match="--sal-mix"):
         TrainConfig(method="sign", sal_mix=True).validate()
 

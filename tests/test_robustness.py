@@ -141,7 +141,7 @@ def test_mean_ci_is_the_t_interval():
 
 @pytest.mark.parametrize("flags,word", [
     (["--eval-aa", "apgd-xx"], "--eval-aa"),
-    (["--eval-eps", "0,2"], "--eval-eps must be in (0, 255]"),
+    (["--eval-eps", "0,2"], "--eval-eps must be in [0.25, 255]"),
     (["--eval-steps", "-5"], "--eval-steps must be >= 1"),
     (["--eval-limit", "-5"], "--eval-limit must be >= 0"),
     (["--eval-eps", "abc"], "--eval-eps"),
