@@ -75,11 +75,13 @@ class _Guard:
                     signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
                 return
 
-    def died(self, *_):
-        if self.closing:
-            return
-        raise WriterDied(f"an FFCV writer process failed (exit code {self.failed[0] if self.failed else '?'}: "
-                         f"full disk or killed?); nothing was written")
+    def died(self, *_):  # the watchdog's signal
+        if not self.closing:
+            raise self.error()
+
+    def error(self) -> WriterDied:
+        return WriterDied(f"an FFCV writer process failed (exit code {self.failed[0] if self.failed else '?'}: "
+                          f"full disk or killed?); nothing was written")
 
     def interrupt(self, *_):  # remembered too: an interrupt that lands while FFCV forks is swallowed
         self.interrupted = True  # there ("Exception ignored in ... _releaseLock")
@@ -117,8 +119,7 @@ class _Guard:
         if self.interrupted:
             raise KeyboardInterrupt
         if kind is None and self.failed:
-            self.closing = False
-            self.died()
+            raise self.error()
         return False
 
     def release(self):
