@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,35 +58,56 @@ class _Guard:
     """Around one FFCV write: a watchdog thread that notices a failed writer process, Ctrl-C
     remembered even where FFCV swallows it, and a cleanup no signal can cut short.
 
+    An exception raised by a signal handler inside library code that holds a lock it took in a
+    Python ``__enter__`` (a queue's condition while FFCV fills its work queue, a thread start) leaves
+    that lock held, and the cleanup then waits on it forever. So Ctrl-C and a dead writer are raised
+    only in FFCV's own loop (``SAFE_FRAMES``), where nothing is held; elsewhere they are remembered
+    and the watchdog signals again every 0.2 s — FFCV's loop polls every 0.1 s — and after
+    ``PATIENCE`` seconds they are raised wherever the main thread is (it is then blocked on writers
+    that are gone, the case the watchdog exists for).
+
     Precedence of outcomes: Ctrl-C (KeyboardInterrupt), else the body's own exception, else a dead
     writer (``WriterDied``)."""
 
+    SAFE_FRAMES = ("_write_common", "from_indexed_dataset", "ffcv_write")
+    PATIENCE = 2.0
+
     def __init__(self, writer):
         self.writer, self.seen, self.failed, self.interrupted, self.closing = writer, set(), [], False, False
+        self.raised, self.pending_since = False, None
         self.done = threading.Event()
         self.main = threading.main_thread() is threading.current_thread()
 
     def watch(self):
         while not self.done.wait(0.2):
-            self.seen.update(multiprocessing.active_children())
-            bad = [p for p in self.seen if p.exitcode not in (None, 0)]
-            if bad:
-                self.failed.append(bad[0].exitcode)
-                if self.main:  # a real signal: it also wakes a main thread blocked in a lock or a read
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-                return
+            if not self.failed:
+                self.seen.update(multiprocessing.active_children())
+                self.failed += [p.exitcode for p in self.seen if p.exitcode not in (None, 0)][:1]
+            if (self.interrupted or self.failed) and not self.raised and self.main:
+                # a real signal: it also wakes a main thread blocked in a lock or a read
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT if self.interrupted else signal.SIGUSR1)
 
-    def died(self, *_):  # the watchdog's signal
-        if not self.closing:
+    def may_raise(self, frame) -> bool:
+        """Whether a handler may raise now, in ``frame``; remembers that something is pending."""
+        if self.closing or self.raised:
+            return False
+        self.pending_since = self.pending_since or time.monotonic()
+        if (frame is not None and frame.f_code.co_name in self.SAFE_FRAMES) or \
+                time.monotonic() - self.pending_since > self.PATIENCE:
+            self.raised = True
+        return self.raised
+
+    def died(self, signum, frame):  # the watchdog's signal
+        if self.may_raise(frame):
             raise self.error()
 
     def error(self) -> WriterDied:
         return WriterDied(f"an FFCV writer process failed (exit code {self.failed[0] if self.failed else '?'}: "
                           f"full disk or killed?); nothing was written")
 
-    def interrupt(self, *_):  # remembered too: an interrupt that lands while FFCV forks is swallowed
-        self.interrupted = True  # there ("Exception ignored in ... _releaseLock")
-        if not self.closing:
+    def interrupt(self, signum, frame):  # remembered too: an interrupt that lands while FFCV forks is
+        self.interrupted = True  # swallowed there ("Exception ignored in ... _releaseLock")
+        if self.may_raise(frame):
             raise KeyboardInterrupt
 
     def unraisable(self, info):  # that swallowed interrupt: honoured on exit, not printed
@@ -123,7 +145,12 @@ class _Guard:
         return False
 
     def release(self):
-        """Every writer process killed and reaped, FFCV's queues and shared metadata released."""
+        """Every writer process killed and reaped, FFCV's queues and shared metadata released, its
+        progress bar closed (so the one error line that follows starts a line of its own)."""
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
         for p in self.seen | set(multiprocessing.active_children()):
             p.kill()
             p.join(5)
