@@ -125,8 +125,8 @@ def stages(cfg, data: EvalData, n_classes: int, aa_version: str) -> list[Stage]:
     aa = AutoAttack(version=aa_version).components() if aa_version != "none" else ()
     out = []
     for e in sorted(cfg.eval_eps):
-        steps = PAPER_STEPS if paper else sorted(set(cfg.eval_steps) | (set(CHECK["steps"]) if checks and e == e_max
-                                                                         else set()))
+        checked_here = CHECK["steps"] if checks and e == e_max else []  # the step-count checks' PGD
+        steps = PAPER_STEPS if paper else sorted({*cfg.eval_steps, *checked_here})
         auto = [("autoattack", AutoAttack(e / 255, aa_version, n_classes, cfg.eval_aa_steps, cfg.eval_aa_queries,
                                           cfg.seed, cfg.eval_aa_impl))] if aa else []
         white = [[("saliency", SaliencyAttack(e / 255))], [(f"pgd{k}", PGD(e / 255, step, k)) for k in steps]]

@@ -56,6 +56,19 @@ def wait_until(ready, proc: subprocess.Popen, seconds: float = 300) -> None:
         time.sleep(0.02)
 
 
+def interrupt(proc: subprocess.Popen, ready, delay: float = 0.0, seconds: float = 300) -> str:
+    """Ctrl-C ``proc`` once ``ready()`` (and ``delay`` seconds more); its stderr once it ended (killed
+    and reaped whatever happens)."""
+    try:
+        wait_until(ready, proc, seconds)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def temp_of(folder: Path, name: str):
     return lambda: any(p.name.startswith(f".{name}.tmp") for p in folder.iterdir())
 
@@ -130,14 +143,7 @@ def test_ctrl_c_during_a_write(big_cifar, tmp_path, delay):
     out = tmp_path / "c.beton"
     proc = start(["fastsat.write_beton", "--dataset", "cifar10", "--root", str(big_cifar), "--out", str(out),
                   "--workers", "2"])
-    try:
-        wait_until(temp_of(tmp_path, "c.beton"), proc)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.communicate()
+    err = interrupt(proc, temp_of(tmp_path, "c.beton"), delay)
     assert proc.returncode == 130, err[-2000:]
     assert err.count("error:") == 1 and "error: interrupted" in err
     assert "Traceback" not in err and "leaked" not in err and "Exception ignored" not in err

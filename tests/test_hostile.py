@@ -292,9 +292,7 @@ def test_an_empty_test_beton_is_refused(tmp_path, trained, digits, capsys):
 
 def test_ctrl_c_in_reproduce_is_one_line_and_exit_130(tmp_path):
     """Interrupted while it writes its first beton: "error: interrupted", exit 130, nothing else."""
-    import signal
-    import time
-
+    from tests.test_faults import interrupt
     from tests.test_idx import write_idx
 
     write_idx(tmp_path / "fm", n_train=40_000, n_test=20)
@@ -302,17 +300,8 @@ def test_ctrl_c_in_reproduce_is_one_line_and_exit_130(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "fastsat.reproduce", "--dataset", "fashion-mnist", "--root",
                              str(tmp_path / "fm"), "--out", str(out), "--budget", "quick", "--device", "cpu"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while not any(p.name.startswith(".train.beton.tmp") for p in (out / "data").glob(".*")) \
-                if (out / "data").is_dir() else True:
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.communicate()
+    err = interrupt(proc, lambda: any(p.name.startswith(".train.beton.tmp") for p in (out / "data").glob(".*")),
+                    seconds=120)
     assert proc.returncode == 130, err[-2000:]
     assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted"], err[-2000:]
     assert "Traceback" not in err and not (out / "data" / "train.beton").exists()
