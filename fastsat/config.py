@@ -118,6 +118,9 @@ class TrainConfig:
                       choices=lambda: ["auto", "robust", "clean", "last"])
     select_limit: int = opt(512, "holdout samples checked each epoch (stratified; 0: all)", rule=at_least(0))
     select_steps: int = opt(10, "PGD steps of the per-epoch holdout check (at ε = eps, step eps/4)", rule=at_least(1))
+    select_min_clean: float = opt(0.5, "robust selection passes over a collapsed epoch: one whose holdout clean "
+                                        "accuracy is below this fraction of the best seen so far (0: off)",
+                                  rule=between(0, 1))
     co_drop: float = opt(20.0, "catastrophic-overfitting guard: holdout PGD accuracy falling by more than this "
                                "many points in one epoch is flagged", rule=above(0))
     # evaluation (also python -m fastsat.evaluate)

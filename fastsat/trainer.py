@@ -5,7 +5,8 @@
 Model selection uses a held-out, class-stratified part of the *training* beton (Rice et al.
 2020): every epoch, clean and PGD accuracy on it go to ``metrics.jsonl``; ``best.pt`` keeps the
 epoch with the highest holdout PGD accuracy (clean accuracy for standard and noise training, see
-:func:`criterion`), and the final report evaluates it on the test beton (``--select last``: the
+:func:`criterion`) among epochs whose holdout clean accuracy is at least ``select_min_clean`` of the
+best seen (:func:`better`), and the final report evaluates it on the test beton (``--select last``: the
 last epoch). A fall of holdout PGD accuracy by more than ``co_drop``
 points in one epoch is flagged as catastrophic overfitting (Wong et al. 2020).
 """
@@ -327,9 +328,22 @@ def select(run: Run, line: dict, history: list, best: dict) -> None:
               f"{line['holdout_pgd']:.1f}% — catastrophic overfitting (Wong et al. 2020); best.pt keeps "
               f"epoch {best.get('epoch')}", file=sys.stderr)
     key = "holdout_pgd" if criterion(cfg) == "robust" else "holdout_clean"
-    line["best"] = not best or line[key] > best["score"]  # ties: the earlier epoch
+    floor = cfg.select_min_clean * max(m["holdout_clean"] for m in [*history, line])
+    if line["holdout_clean"] < floor:
+        line["below_clean_floor"] = True
+    line["best"] = better(line, best, key, floor)
     if line["best"]:
-        best.update(epoch=line["epoch"], by=key, score=line[key])
+        best.update(epoch=line["epoch"], by=key, score=line[key], clean=line["holdout_clean"])
+
+
+def better(line: dict, best: dict, key: str, floor: float) -> bool:
+    """Whether this epoch replaces ``best``: it scores higher on ``key`` (ties: the earlier epoch), and
+    neither it nor a best it replaces sits below the clean-accuracy ``floor`` — a collapsed epoch (near
+    chance clean, a few points of robust accuracy that are only abstention) is never kept over a
+    working model, and a best left below the floor by later epochs is replaced by the next one above."""
+    if line["holdout_clean"] < floor:
+        return False
+    return not best or best.get("clean", floor) < floor or line[key] > best["score"]
 
 
 def collapsed(previous: Optional[float], now: float, drop: float) -> bool:

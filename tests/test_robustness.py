@@ -117,7 +117,9 @@ def test_run_selects_on_the_holdout(tmp_path, tiny_flags):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all({"holdout_clean", "holdout_pgd"} <= set(m) for m in lines)
     assert not any(m.get("catastrophic_overfitting") for m in lines)
-    best = max(lines, key=lambda m: (m["holdout_pgd"], -m["epoch"]))
+    best = [m for m in lines if m["best"]][-1]
+    if not any(m.get("below_clean_floor") for m in lines):  # every epoch competed: the highest PGD, earliest
+        assert best == max(lines, key=lambda m: (m["holdout_pgd"], -m["epoch"]))
     assert torch.load(out / "best.pt", weights_only=False)["epoch"] == best["epoch"] + 1
     report = json.loads((out / "robustness.json").read_text())
     assert report["selected"]["epoch"] == best["epoch"] and report["selected"]["checkpoint"] == "best.pt"
@@ -159,6 +161,30 @@ def test_evaluate_prints_autoattack_worst_case_and_flags(trained, tmp_path, caps
                           "--eval-limit", "32", "--eval-checks"]) == 0
     out = capsys.readouterr().out
     assert "| autoattack |" in out and "| **worst_case** |" in out and "Gradient-masking checks" in out
+
+
+def replay(epochs, ratio=0.5, key="holdout_pgd"):
+    """The epoch ``trainer.better`` keeps, fed (clean, pgd) pairs in order."""
+    from fastsat.trainer import better
+
+    best, seen = {}, []
+    for epoch, (clean, pgd) in enumerate(epochs):
+        line = {"epoch": epoch, "holdout_clean": clean, "holdout_pgd": pgd}
+        seen.append(clean)
+        if better(line, best, key, ratio * max(seen)):
+            best.update(epoch=epoch, score=line[key], clean=clean)
+    return best["epoch"]
+
+
+def test_robust_selection_passes_over_a_collapsed_epoch():
+    # near-chance clean accuracy with a few points of "robust" accuracy (the digits SAT run): not kept
+    assert replay([(22.0, 9.7), (90.0, 3.1), (96.5, 2.8)]) == 1
+    assert replay([(22.0, 9.7), (96.5, 2.8), (90.0, 3.1)]) == 2  # the next epoch above the floor replaces it
+    assert replay([(22.0, 9.7), (96.5, 2.8)], ratio=0.0) == 0  # floor off: robust accuracy alone
+    # catastrophic overfitting: clean rises, PGD collapses — the robust epoch stays selected
+    assert replay([(70.0, 35.0), (80.0, 41.0), (90.0, 0.5)]) == 1
+    assert replay([(70.0, 35.0), (80.0, 41.0), (90.0, 41.0)]) == 1  # ties: the earlier epoch
+    assert replay([(50.0, 0.0), (80.0, 0.0), (85.0, 0.0)], key="holdout_clean") == 2
 
 
 def test_selection_criterion_comes_from_the_method():
