@@ -27,10 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, markdown_table, sync, write_json  # noqa: E402
 from fastsat.beton import SaliencyMap, open_beton, write_beton  # noqa: E402
 from fastsat.config import TrainConfig  # noqa: E402
-from fastsat.data import make_batches  # noqa: E402
+from fastsat.data import make_batches, step_seed  # noqa: E402
 from fastsat.ffcv_import import available as ffcv_available  # noqa: E402
 from fastsat.kernels import bits as bitlayout  # noqa: E402
-from fastsat.kernels.spec import derive_seed  # noqa: E402
 from fastsat.methods import METHODS, p_random, train_step  # noqa: E402
 from fastsat.models import build_model  # noqa: E402
 
@@ -59,16 +58,16 @@ def one_epoch(cfg, model, opt, batches, epoch, device, scaler) -> tuple[float, f
     seen = 0
     sync(device)
     t0 = time.perf_counter()
-    for step, (x, y, sal, _) in enumerate(batches.epoch(epoch)):
+    for step, batch in enumerate(batches.epoch(epoch)):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-        train_step(cfg, model, opt, x, y, sal, p_random=p_random(cfg, epoch, step, len(batches)),
-                   seed=derive_seed(cfg.seed, "step", 0, epoch, step), scaler=scaler, granularity="element")
+        train_step(cfg, model, opt, batch, p_random=p_random(cfg, epoch, step, len(batches)),
+                   seed=step_seed(cfg.seed, 0, epoch, step), scaler=scaler)
         if cuda:
             end.record()
             events.append((start, end))
-        seen += len(y)
+        seen += len(batch.y)
     sync(device)
     wall = time.perf_counter() - t0
     busy = sum(s.elapsed_time(e) for s, e in events) / 1e3 if cuda else float("nan")

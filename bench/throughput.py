@@ -21,6 +21,7 @@ from bench import kernel as kernel_bench  # noqa: E402
 from bench.common import machine, markdown_table, time_fn, write_json  # noqa: E402
 from fastsat.kernels import bits as bitlayout  # noqa: E402
 from fastsat.config import TrainConfig  # noqa: E402
+from fastsat.data import Batch  # noqa: E402
 from fastsat.ffcv_import import available as ffcv_available  # noqa: E402
 from fastsat.kernels.spec import derive_seed, random_prob  # noqa: E402
 from fastsat.methods import METHODS, train_step  # noqa: E402
@@ -30,21 +31,20 @@ BENCH_METHODS = ("standard", "noise", "sat", "sign", "fgsm_rs", "n_fgsm", "pgd",
 
 
 def synthetic_batches(device, batch: int, nbatches: int = 4):
-    """Endless (x, y, sal) from a few random batches already on the device (no loader)."""
+    """Endless batches from a few random ones already on the device (no loader)."""
     xs = torch.randint(0, 256, (nbatches, batch, 32, 32, 3), dtype=torch.uint8, device=device)
     ys = torch.randint(0, 10, (nbatches, batch), device=device)
     bs = bitlayout.pack_torch(torch.rand(nbatches * batch, 32 * 32 * 3, device=device) < 0.5).view(nbatches, batch, -1)
     while True:
         for k in range(nbatches):
-            yield xs[k], ys[k], bs[k]
+            yield Batch(xs[k], ys[k], bs[k])
 
 
 def loader_batches(loader):
-    """Endless (x, y, sal) from an FFCV loader, epoch after epoch (the loader is in the timing)."""
+    """Endless batches from an FFCV loader, epoch after epoch (the loader is in the timing)."""
     epoch = 0
     while True:
-        for x, y, sal, _ in loader.epoch(epoch):
-            yield x, y, sal
+        yield from loader.epoch(epoch)
         epoch += 1
 
 
@@ -54,7 +54,7 @@ def step_batch_size(device) -> int:
 
 def step_throughput(device, quick: bool, source=None, methods=BENCH_METHODS):
     """images/s of one optimizer step per method: same model, batch and data for all; ``source``
-    yields (x, y, sal) batches (default: synthetic ones on the device)."""
+    yields batches (default: synthetic ones on the device)."""
     cuda = device.type == "cuda"
     batch, width = step_batch_size(device), (1.0 if cuda else (0.25 if quick else 0.5))
     source = source or synthetic_batches(device, batch)
@@ -70,8 +70,7 @@ def step_throughput(device, quick: bool, source=None, methods=BENCH_METHODS):
 
         def step():
             i = state["i"] = state["i"] + 1
-            x, y, sal = next(source)
-            train_step(cfg, model, opt, x, y, sal, p_random=random_prob(5), seed=derive_seed(0, 5, i), scaler=scaler)
+            train_step(cfg, model, opt, next(source), p_random=random_prob(5), seed=derive_seed(0, 5, i), scaler=scaler)
 
         reps = 40 if cuda else (6 if quick else 20)
         if name.endswith("_sat"):  # hybrids: the coin's mix needs more steps to settle

@@ -1,4 +1,4 @@
-"""Batches for training and evaluation: (x, y, bits) with x (N, H, W, C) uint8 on the device.
+"""Batches for training and evaluation: :class:`Batch` (x (N, H, W, C) uint8 on the device, y, bits).
 
 Two sources with one interface, ``loader.epoch(e)`` → iterator of batches, over all samples or
 the ``indices`` given (a holdout split, an evaluation sample):
@@ -7,12 +7,14 @@ the ``indices`` given (a holdout split, an evaluation sample):
   * :class:`ResidentBatches` — the samples read once with fastsat's own reader (``reader.py``,
     no ffcv needed) and held on the device, batches gathered there (no host→device traffic).
 Saliency bits go to the SAT kernel untouched; augmentation happens after it (``augment.py``).
-Samples a beton marks ``has_sal = 0`` (written without a map) get fresh random bits in every batch
+Two maps asked for (``--sal-mix``) are mixed here, per sample, from the step's own stream
+(:func:`mix_saliency`), so a batch always carries one map. Samples a beton marks ``has_sal = 0`` (written without a map) get fresh random bits in every batch
 (drawn from (seed, epoch, batch)), so SAT gives them pure noise rather than a fake all −1 map.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
@@ -24,7 +26,39 @@ from .ffcv_import import ffcv
 from .kernels.spec import derive_seed
 from .reader import BetonReader
 
-Batch = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) uint8 → (N, C, H, W) float32 in [0, 1] (a view of NHWC memory: channels_last);
+    float input is taken as already in [0, 1]. The one pixel conversion outside the SAT kernel (whose
+    reference multiplies by float32(1/255), as its Triton version does)."""
+    x = x.permute(0, 3, 1, 2)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+@dataclass
+class Batch:
+    """One batch as a loader yields it."""
+    x: torch.Tensor  # (N, H, W, C) uint8 (or float in [0, 1])
+    y: torch.Tensor  # (N,) int64
+    bits: Optional[torch.Tensor] = None  # (N, nbytes) packed saliency signs (two maps: already mixed), or None
+    granularity: str = "element"  # of ``bits``
+    indices: Optional[torch.Tensor] = None  # beton index of each row, where the loader knows it
+
+    def pixels(self) -> torch.Tensor:
+        return to_unit(self.x)
+
+
+def mix_saliency(bits: torch.Tensor, bits2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample coin between two packed maps of equal layout (paper Table 7)."""
+    coin = torch.rand(bits.shape[0], generator=generator, device=generator.device) < 0.5
+    return torch.where(coin.to(bits.device).view(-1, 1), bits, bits2)
+
+
+def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
+    """The seed of one training step: every draw of the step (map mix, Eq. 9, augmentation, attack
+    starts) derives its own stream from it, by purpose."""
+    return derive_seed(seed, "step", rank, epoch, step)
 
 
 def _quiet_numba_finalizer() -> None:
@@ -70,6 +104,24 @@ def _loader(info: BetonInfo, fields: list[str], *, batch_size: int, workers: int
     return loader
 
 
+class _Batches:
+    """What both loaders share: fields, seed, rank; stored maps → one :class:`Batch`."""
+
+    def __init__(self, info: BetonInfo, fields: list[str], seed: int, rank: int):
+        self.nsal, self.seed, self.rank = len(fields), seed, rank
+        self.flagged = bool(fields) and "has_sal" in info.manifest["fields"]
+        self.granularity = info.granularity(fields[0]) if fields else "element"
+
+    def batch(self, x, y, sal, sal2, has, epoch: int, i: int, indices=None) -> Batch:
+        sal = _fill_missing(sal, has, self.seed, self.rank, epoch, i, "sal")
+        if self.nsal == 2:
+            gen = torch.Generator(device=sal.device)
+            sal2 = _fill_missing(sal2, has, self.seed, self.rank, epoch, i, "sal2")
+            sal = mix_saliency(sal, sal2, gen.manual_seed(derive_seed(step_seed(self.seed, self.rank, epoch, i),
+                                                                      "map_mix")))
+        return Batch(x, y, sal, self.granularity, indices)
+
+
 def _fill_missing(sal: Optional[torch.Tensor], has: Optional[torch.Tensor], seed: int, rank: int, epoch: int,
                   i: int, field: str):
     """Random bits for the rows whose sample has no saliency map (``has == 0``): a stream of their
@@ -81,13 +133,12 @@ def _fill_missing(sal: Optional[torch.Tensor], has: Optional[torch.Tensor], seed
     return torch.where(has.view(-1, 1).bool(), sal, noise)
 
 
-class FFCVBatches:
-    """The FFCV loader over a beton; yields (x uint8 NHWC, y int64, sal, sal2)."""
+class FFCVBatches(_Batches):
+    """The FFCV loader over a beton (row indices unknown: FFCV does not yield them)."""
 
     def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, workers: int,
                  device: torch.device, train: bool, seed: int, distributed: bool = False, indices=None, rank: int = 0):
-        self.flagged = bool(fields) and "has_sal" in info.manifest["fields"]
-        self.nsal, self.seed, self.rank = len(fields), seed, rank
+        super().__init__(info, fields, seed, rank)
         self.loader = _loader(info, fields + (["has_sal"] if self.flagged else []), batch_size=batch_size,
                               workers=workers, device=device, train=train, seed=order_seed(seed),
                               distributed=distributed, indices=indices)
@@ -107,22 +158,22 @@ class FFCVBatches:
             yield x, y.long().view(-1), rest[0], rest[1], has
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        for i, (x, y, sal, sal2, has) in enumerate(self.raw_epoch(epoch)):
-            yield (x, y, _fill_missing(sal, has, self.seed, self.rank, epoch, i, "sal"),
-                   _fill_missing(sal2, has, self.seed, self.rank, epoch, i, "sal2"))
+        for i, stored in enumerate(self.raw_epoch(epoch)):
+            yield self.batch(*stored, epoch, i)
 
 
-class ResidentBatches:
+class ResidentBatches(_Batches):
     """The samples (all, or ``indices``) on ``device``, read once with ``BetonReader``; batches are
     gathered there. Training order: a permutation seeded by seed + epoch, like FFCV's RANDOM."""
 
     def __init__(self, info: BetonInfo, fields: list[str], *, batch_size: int, device: torch.device, train: bool,
                  seed: int, indices=None, rank: int = 0, **_):
+        super().__init__(info, fields, seed, rank)
         reader = BetonReader(info.path)
-        flagged = bool(fields) and "has_sal" in info.manifest["fields"]
-        names = ["image", "label", *fields, *([None] * (2 - len(fields))), "has_sal" if flagged else None]
+        names = ["image", "label", *fields, *([None] * (2 - len(fields))), "has_sal" if self.flagged else None]
         self.tensors = [None if n is None else torch.from_numpy(reader.read(n, indices)).to(device) for n in names]
-        self.batch_size, self.train, self.seed, self.rank = batch_size, train, seed, rank
+        self.rows = torch.as_tensor(np.arange(info.num_samples) if indices is None else np.asarray(indices))
+        self.batch_size, self.train = batch_size, train
 
     def __len__(self):
         n = len(self.tensors[1])
@@ -137,9 +188,8 @@ class ResidentBatches:
         order = order.to(self.tensors[1].device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x, y, sal, sal2, has = (None if t is None else t[idx] for t in self.tensors)
-            yield (x, y, _fill_missing(sal, has, self.seed, self.rank, epoch, i, "sal"),
-                   _fill_missing(sal2, has, self.seed, self.rank, epoch, i, "sal2"))
+            stored = (None if t is None else t[idx] for t in self.tensors)
+            yield self.batch(*stored, epoch, i, indices=self.rows[idx.cpu()])
 
 
 def order_seed(seed: int) -> int:

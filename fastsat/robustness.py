@@ -34,10 +34,10 @@ import torch
 
 from .attacks import (PGD, AutoAttack, SaliencyAttack, SampleSeeds, StoredMapAttack, TradesAttack, UniformNoise,
                       aa_package)
+from .data import to_unit
 from .errors import InputError
 from .kernels import bits as bitlayout
 from .kernels.spec import derive_seed
-from .methods import to_unit
 from .reader import BetonReader
 from .subsets import per_class, stratified
 

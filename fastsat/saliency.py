@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import to_unit
 from .errors import InputError
 from .models import relu_not_inplace
 from .registry import Registry
@@ -219,7 +220,7 @@ def compute(method: str, teacher: nn.Module, images: np.ndarray, labels: np.ndar
     out, zeros = [], 0
     for start in tqdm(range(0, len(images), batch_size), desc=f"saliency {method}", disable=not progress):
         batch = np.array(images[start:start + batch_size])  # a copy: the images may be read-only
-        x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div(255)
+        x = to_unit(torch.from_numpy(batch).to(device))
         y = torch.as_tensor(labels[start:start + batch_size], device=device).long()
         try:
             positive, all_zero = signs(method, teacher, x.contiguous(), y, **(params or {}))

@@ -27,11 +27,10 @@ import torch
 from .attacks import PGD
 from .beton import BetonInfo, content_id, open_beton
 from .config import TrainConfig, differing, provenance, saved_config, upgrade
-from .data import make_batches
+from .data import make_batches, step_seed
 from .errors import InputError
 from .files import atomic_write_text
-from .kernels.spec import derive_seed
-from .methods import METHODS, mix_saliency, p_random, train_step
+from .methods import METHODS, p_random, train_step
 from .models import build_model
 from .pruning import apply_masks, magnitude_masks, measured_sparsity
 from .robustness import EvalData, correct_under, eval_data, robustness, sample_indices, write_reports
@@ -48,7 +47,6 @@ class Run:
     info: BetonInfo
     val_info: BetonInfo
     fields: list
-    granularity: Optional[str]
     identity: dict
     train_idx: np.ndarray
     holdout: EvalData
@@ -103,7 +101,7 @@ def setup(cfg: TrainConfig, progress: bool = True) -> Run:
     other_data(val_info, info.manifest["dataset"], info.image_shape, cfg.allow_other_data)
     if cfg.pad >= min(info.image_shape[:2]):
         raise InputError(f"--pad {cfg.pad} must be below the image side ({min(info.image_shape[:2])} pixels)")
-    fields, granularity = _saliency_fields(cfg, info)
+    fields = _saliency_fields(cfg, info)
     identity = {"dataset": info.manifest["dataset"], "content": content_id(info.manifest)}
     train_idx, hold_idx = holdout_split(info.labels, cfg.holdout, cfg.seed)
     if len(train_idx) // world < cfg.batch_size:
@@ -119,7 +117,7 @@ def setup(cfg: TrainConfig, progress: bool = True) -> Run:
         folder = RunFolder(out, cfg.overwrite)
         folder.check([cfg.train, cfg.val, cfg.init])
     model, optimizer, scaler = build(cfg, info, device)
-    run = Run(cfg, device, rank, world, info, val_info, fields, granularity, identity, train_idx,
+    run = Run(cfg, device, rank, world, info, val_info, fields, identity, train_idx,
               eval_data(info, sample_indices(info.labels, cfg.select_limit, cfg.seed, hold_idx), device),
               model, optimizer, scaler, state, folder, out, progress=progress)
     _load_weights(run)
@@ -147,14 +145,14 @@ def _device(cfg: TrainConfig, world: int) -> torch.device:
     return device
 
 
-def _saliency_fields(cfg: TrainConfig, info: BetonInfo) -> tuple[list, Optional[str]]:
+def _saliency_fields(cfg: TrainConfig, info: BetonInfo) -> list:
+    """The map fields the method reads (two: mixed per sample by the loader)."""
     if not METHODS.get(cfg.method).needs_saliency:
-        return [], None
+        return []
     fields = [cfg.sal_field] + (["sal2"] if cfg.sal_mix else [])
-    granularities = {info.granularity(f) for f in fields}  # raises if the beton lacks a field
-    if len(granularities) > 1:
+    if len({info.granularity(f) for f in fields}) > 1:  # raises if the beton lacks a field
         raise InputError(f"{cfg.train}: sal and sal2 have different granularities; they cannot be mixed")
-    return fields, granularities.pop()
+    return fields
 
 
 def build(cfg: TrainConfig, info: BetonInfo, device):
@@ -271,25 +269,22 @@ def train_epoch(run: Run, epoch: int) -> dict:
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step whose loss is not finite
-    seen, p_sum, mix_gen = 0, 0.0, torch.Generator(device=device)
+    seen, p_sum = 0, 0.0
     t0 = time.perf_counter()
     batches = tqdm(run.batches.epoch(epoch), total=len(run.batches), desc=f"epoch {epoch}",
                    disable=not run.progress or run.rank != 0, leave=False)
-    for step, (x, y, sal, sal2) in enumerate(batches):
-        seed = derive_seed(cfg.seed, "step", run.rank, epoch, step)  # every draw of this step derives from it
-        if cfg.sal_mix:
-            sal = mix_saliency(sal, sal2, mix_gen.manual_seed(derive_seed(seed, "map_mix")))
+    for step, batch in enumerate(batches):
         p = p_random(cfg, epoch, step, steps)
         p_sum += p
         lr = lr_at(cfg, (epoch * steps + step) / (cfg.epochs * steps))
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        loss, ok = train_step(cfg, run.net, run.optimizer, x, y, sal, p_random=p, seed=seed, scaler=run.scaler,
-                              granularity=run.granularity or "element")
+        loss, ok = train_step(cfg, run.net, run.optimizer, batch, p_random=p,
+                              seed=step_seed(cfg.seed, run.rank, epoch, step), scaler=run.scaler)
         apply_masks(run.masks)  # pruned weights stay zero
-        loss_sum += loss * len(y)
+        loss_sum += loss * len(batch.y)
         correct += ok
-        seen += len(y)
+        seen += len(batch.y)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)  # no sync
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -6,6 +6,7 @@ import torch
 from fastsat.attacks import FGSMRS, PGD, TradesAttack
 from fastsat.kernels import bits as bitlayout
 from fastsat.config import TrainConfig
+from fastsat.data import Batch
 from fastsat.errors import InputError
 from fastsat.kernels.sat import random_prob
 from fastsat.kernels.spec import derive_seed
@@ -35,11 +36,11 @@ def test_every_method_lowers_its_loss(name):
 
     def loss_now():
         model.train()
-        return training_loss(cfg, model, x, y, b, p_random=random_prob(3), seed=123)[0].item()
+        return training_loss(cfg, model, Batch(x, y, b), p_random=random_prob(3), seed=123)[0].item()
 
     before = loss_now()
     for i in range(6):
-        train_step(cfg, model, opt, x, y, b, p_random=random_prob(3), seed=derive_seed(0, 3, i))
+        train_step(cfg, model, opt, Batch(x, y, b), p_random=random_prob(3), seed=derive_seed(0, 3, i))
     assert loss_now() < before
 
 
@@ -56,8 +57,9 @@ def test_sat_schedule_through_the_dispatcher(epoch):
     x = torch.full((32, 32, 32, 3), 128, dtype=torch.uint8)
     positive = torch.rand(32, 32 * 32 * 3) < 0.5
     model = Recorder()
-    training_loss(TrainConfig(method="sat", flip=False, pad=0), model, x, torch.zeros(32, dtype=torch.long),
-                  bitlayout.pack_torch(positive), p_random=random_prob(epoch), seed=9)
+    training_loss(TrainConfig(method="sat", flip=False, pad=0), model,
+                  Batch(x, torch.zeros(32, dtype=torch.long), bitlayout.pack_torch(positive)),
+                  p_random=random_prob(epoch), seed=9)
     up = (model.seen > 128 / 255).permute(0, 2, 3, 1).reshape(32, -1)
     follows = (up != positive).double().mean().item()  # δ = −s
     q = 1 - random_prob(epoch) / 2
@@ -67,7 +69,7 @@ def test_sat_schedule_through_the_dispatcher(epoch):
 def test_saliency_method_needs_bits():
     x, y, _ = fixed_batch(4)
     with pytest.raises(InputError, match="saliency"):
-        training_loss(TrainConfig(method="sat"), small_model(), x, y, None, p_random=0.5, seed=1)
+        training_loss(TrainConfig(method="sat"), small_model(), Batch(x, y), p_random=0.5, seed=1)
     with pytest.raises(InputError, match="unknown 'sat2'"):
         TrainConfig(method="sat2").validate()
 
@@ -102,18 +104,18 @@ def test_run_schedule_spans_the_papers_decay_whatever_the_run():
 
 def test_sign_moves_every_element_by_eps_with_a_random_sign():
     """The random-sign control: |δ| = ε everywhere (before clipping), sign independent of any map."""
-    from fastsat.methods import Batch
+    from fastsat.methods import Step
 
     cfg = TrainConfig(method="sign", flip=False, pad=0)
     x = torch.full((64, 8, 8, 3), 128, dtype=torch.uint8)  # mid-grey: no clipping
     positive = torch.ones(64, 8, 8, 3, dtype=torch.bool)  # a map of all +1 (SAT would push every element down)
     bits = bitlayout.pack_torch(positive)
-    out = Batch(x, torch.zeros(64, dtype=torch.long), bits, 0.006, seed=3).sat(cfg, p_random=1.0)
+    out = Step(Batch(x, torch.zeros(64, dtype=torch.long), bits), 0.006, seed=3).sat(cfg, p_random=1.0)
     delta = out.permute(0, 2, 3, 1) - 128 / 255
     assert torch.allclose(delta.abs(), torch.full_like(delta, cfg.fraction("eps")), atol=1e-6)
     agree = (delta < 0).float().mean().item()  # agreement with −s: ½ within 4σ
     assert abs(agree - 0.5) < 4 * math.sqrt(0.25 / delta.numel())
-    nomap = Batch(x, torch.zeros(64, dtype=torch.long), None, 0.006, seed=3).sat(cfg, p_random=1.0)
+    nomap = Step(Batch(x, torch.zeros(64, dtype=torch.long)), 0.006, seed=3).sat(cfg, p_random=1.0)
     assert torch.allclose(nomap.permute(0, 2, 3, 1).sub(128 / 255).abs(), torch.full_like(delta, cfg.fraction("eps")), atol=1e-6)
     with pytest.raises(InputError, match="--sal-mix"):
         TrainConfig(method="sign", sal_mix=True).validate()
@@ -123,7 +125,7 @@ def test_the_map_mix_and_the_flip_are_independent(tmp_path):
     """Table 7's per-sample coin and the flip come from streams of their own: they agree about half
     the time (they used to be the same random numbers: 100%)."""
     from fastsat.augment import augment
-    from fastsat.methods import mix_saliency
+    from fastsat.data import mix_saliency
 
     agree, total = 0, 0
     for step in range(20):

@@ -57,6 +57,34 @@ def test_reader_equals_ffcv_loader(tmp_path):
         assert np.array_equal(reader.read("image", idx), expected["image"][idx])
 
 
+def test_loaders_mix_two_maps_per_sample(tmp_path):
+    """With two map fields the loaders yield one map per sample, the same through FFCV and the
+    resident reader: each row is its sample's sal or sal2, about half each (rows without a map,
+    has_sal = 0, get random bits instead, as with one map)."""
+    import torch
+
+    from fastsat.beton import open_beton
+    from fastsat.data import make_batches
+
+    betons(tmp_path)
+    info = open_beton(tmp_path / "two.beton")
+    stored = {f: BetonReader(info.path).read(f) for f in ("sal", "sal2", "has_sal")}
+    kw = dict(batch_size=16, workers=1, device=torch.device("cpu"), train=True, seed=5)
+    streamed = make_batches(info, ["sal", "sal2"], **kw).epoch(1)  # FFCV reuses its buffers: compare as they come
+    resident = make_batches(info, ["sal", "sal2"], resident=True, **kw).epoch(1)
+    first = total = 0
+    for a, b in zip(streamed, resident):
+        assert torch.equal(a.x, b.x) and torch.equal(a.bits, b.bits) and a.granularity == "element"
+        idx = b.indices.numpy()
+        assert np.array_equal(b.y.numpy(), info.labels[idx])
+        keep = stored["has_sal"].reshape(-1)[idx] == 1
+        bits = b.bits.numpy()[keep]
+        is_first = (bits == stored["sal"][idx][keep]).all(1)
+        assert (is_first | (bits == stored["sal2"][idx][keep]).all(1)).all()
+        first, total = first + is_first.sum(), total + keep.sum()
+    assert abs(first / total - 0.5) < 4 * np.sqrt(0.25 / total), (first, total)
+
+
 def test_content_hash_ignores_page_layout(tmp_path):
     rng = np.random.default_rng(1)
     samples = Arrays(400, 8, rng)

@@ -26,9 +26,9 @@ def model_and_batch(teacher, digits):
     from fastsat.data import make_batches
 
     model = saliency.prepare_teacher(load_checkpoint(teacher, torch.device("cpu"))["model"])
-    x, y, _, _ = next(make_batches(open_beton(digits["test"]), [], batch_size=24, workers=1,
-                                   device=torch.device("cpu"), train=False, seed=0).epoch(0))
-    return model, x.numpy().copy(), y.numpy().copy()
+    batch = next(make_batches(open_beton(digits["test"]), [], batch_size=24, workers=1,
+                              device=torch.device("cpu"), train=False, seed=0).epoch(0))
+    return model, batch.x.numpy().copy(), batch.y.numpy().copy()
 
 
 def unit(images):

@@ -215,12 +215,12 @@ def test_samples_without_saliency_get_random_bits(tmp_path):
     ffcv_batches = [b for e in range(2) for b in make_batches(info, ["sal"], **kw).epoch(e)]
     resident = [b for e in range(2) for b in make_batches(info, ["sal"], resident=True, **kw).epoch(e)]
     for a, b in zip(ffcv_batches, resident):
-        assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3]))
+        assert all(torch.equal(u, v) for u, v in zip((a.x, a.y, a.bits), (b.x, b.y, b.bits)))
     batches = make_batches(info, ["sal"], **{**kw, "train": False})  # every sample in every epoch
     fills = []
     for e in range(2):
-        for (_, _, stored, _, has), (_, _, fed, _) in zip(batches.raw_epoch(e), batches.epoch(e)):
-            keep = has.bool()
+        for (_, _, stored, _, has), batch in zip(batches.raw_epoch(e), batches.epoch(e)):
+            keep, fed = has.bool(), batch.bits
             assert torch.equal(fed[keep], stored[keep])  # real maps pass through untouched
             assert not stored[~keep].any()  # written as zeros ...
             fills += list(fed[~keep])
@@ -248,6 +248,7 @@ def test_label_smoothing_reaches_the_loss():
     import torch.nn.functional as F
 
     from fastsat.config import TrainConfig
+    from fastsat.data import Batch
     from fastsat.methods import training_loss
     from fastsat.models import build_model
 
@@ -255,7 +256,7 @@ def test_label_smoothing_reaches_the_loss():
     model = build_model("resnet10", 10, (0.5,) * 3, (0.25,) * 3, width=0.125).eval()
     x, y = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8), torch.randint(0, 10, (8,))
     cfg = TrainConfig(method="standard", flip=False, pad=0, label_smoothing=0.1)
-    loss, logits = training_loss(cfg, model, x, y, p_random=1.0, seed=0)
+    loss, logits = training_loss(cfg, model, Batch(x, y), p_random=1.0, seed=0)
     assert loss.item() == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-6)
     assert loss.item() != pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
 
