@@ -46,12 +46,15 @@ ROLES = ("run", "eval", "free")  # what a field affects: the training run, its e
 
 
 def opt(default, help: str, *, rule: Optional[Rule] = None, choices: Optional[Callable[[], list]] = None,
-        role: str = "run", eps_like: bool = False):
+        role: str = "run", eps_like: bool = False, evaluate: Optional[bool] = None):
     """A config field: default, one-line help with its unit, valid range (lists: of each item),
-    choices, its role (see ``ROLES``), and whether it is ε-like (in ``UNITS``; "8/255" accepted)."""
+    choices, its role (see ``ROLES``), whether it is ε-like (in ``UNITS``; "8/255" accepted), and
+    whether ``python -m fastsat.evaluate`` takes it as a flag (default: the eval role's fields; the
+    run's saved config supplies every other)."""
     assert role in ROLES, role
     kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(**kw, metadata={"help": help, "rule": rule, "choices": choices, "role": role, "eps_like": eps_like})
+    return field(**kw, metadata={"help": help, "rule": rule, "choices": choices, "role": role, "eps_like": eps_like,
+                                 "evaluate": role == "eval" if evaluate is None else evaluate})
 
 
 UNITS = "1/255"  # of every ε-like flag, config key and saved config: 8 means 8/255 (the literature's unit)
@@ -110,8 +113,9 @@ class TrainConfig:
                                                                                                hi_open=True))
     label_smoothing: float = opt(0.0, "label smoothing of the training cross-entropy", rule=between(0, 1, hi_open=True))
     amp: bool = opt(True, "float16 autocast + grad scaling on CUDA (ignored on CPU)")
-    seed: int = opt(0, "model init, loader order, holdout split, every random draw", rule=at_least(0))
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N", role="free")
+    seed: int = opt(0, "model init, loader order, holdout split, every random draw", rule=at_least(0),
+                    evaluate=True)
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", role="free", evaluate=True)
     # model selection (on the holdout, every epoch)
     select: str = opt("auto", "checkpoint evaluated at the end: the epoch with the best holdout accuracy under PGD "
                               "(robust) or clean (clean), the method's own choice of the two (auto), or the last",
@@ -146,7 +150,8 @@ class TrainConfig:
                                    "row then counts the rows above it); off: every attack on every sample",
                              role="eval")
     fail_on_masking: bool = opt(True, "exit with code 3 when a gradient-masking check fails (the reports are "
-                                      "written either way, marked masked)", role="free")
+                                      "written either way, marked masked)", role="free",
+                                evaluate=True)
     eval_limit: int = opt(0, "evaluate on a seeded, class-stratified sample of N test images (0: all)",
                           rule=at_least(0), role="eval")
     # bookkeeping
@@ -154,7 +159,8 @@ class TrainConfig:
     resume: bool = opt(False, "continue the run in --out from its last checkpoint", role="free")
     overwrite: bool = opt(False, "replace the fastsat run in --out (kept until the new one has a checkpoint)", role="free")
     allow_other_data: bool = opt(False, "grade on a test beton of another dataset than the training data "
-                                        "(same classes and image shape; the report says so)", role="free")
+                                        "(same classes and image shape; the report says so)", role="free",
+                                 evaluate=True)
     log_csv: bool = opt(False, "also write metrics.csv (the metrics.jsonl fields, one row per epoch)", role="free")
     allow_change: bool = opt(False, "with --resume: accept changed settings (recorded in config.json with "
                                     "the epoch they took effect)", role="free")
@@ -186,6 +192,11 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 def role_names(*roles: str) -> set[str]:
     """The fields of the given roles."""
     return {n for n, f in FIELDS.items() if f.metadata["role"] in roles}
+
+
+def evaluate_names() -> set[str]:
+    """The fields ``python -m fastsat.evaluate`` takes as flags (``opt(evaluate=...)``)."""
+    return {n for n, f in FIELDS.items() if f.metadata["evaluate"]}
 
 
 def differing(saved: dict, cfg: TrainConfig, roles=("run", "eval")) -> dict:

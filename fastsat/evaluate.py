@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 from .beton import open_beton
-from .config import add_fields, config_from_args, role_names
+from .config import add_fields, config_from_args, evaluate_names
 from .errors import ArgumentParser, InputError, masked_exit, run_cli
 from .robustness import eval_data, robustness, sample_indices, write_reports
 from .runs import load_checkpoint, other_data, pick_device
 
 
-EVAL_FIELDS = role_names("eval") | {"seed", "device", "fail_on_masking", "allow_other_data"}  # the run's config supplies the rest
+EVAL_FIELDS = evaluate_names()  # the run's config supplies the rest
 
 
 def parser() -> ArgumentParser:

@@ -1,4 +1,6 @@
-"""A run's life outside the training loop: device, checkpoints, and the output-folder rules.
+"""A run's state outside the training loop: the :class:`Run`, its checkpoints (saved each epoch,
+resumed, read back), ``config.json`` and ``metrics.jsonl``, the device, and the output-folder rules.
+``trainer.py`` is the loop that uses them.
 
 Checkpoints store the model's own arguments (``model_args``, nanoGPT-style), so evaluation and
 teacher saliency rebuild the model without a training config. The output folder of a run:
@@ -8,7 +10,7 @@ teacher saliency rebuild the model without a training config. The output folder 
   says so) and holds none of the run's inputs; the old run is moved aside when the new one starts
   writing and deleted only once the new one has saved its first checkpoint — any failure before
   that puts it back (a killed process's leftovers are sorted out by the next run on that folder);
-* ``--resume``: see ``trainer._resume_state`` (same data, same training settings, or ``--allow-change``).
+* ``--resume``: see :func:`resume_state` (same data, same training settings, or ``--allow-change``).
 """
 from __future__ import annotations
 
@@ -16,14 +18,23 @@ import json
 import os
 import pickle
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
+import numpy as np
 import torch
 
+from .beton import BetonInfo, content_id
+from .config import TrainConfig, differing, provenance, saved_config, upgrade
 from .errors import InputError
-from .files import atomic_write, pid_alive
+from .files import atomic_write, atomic_write_text, pid_alive
+from .methods import METHODS
 from .models import build_model
+from .subsets import per_class
+
+if TYPE_CHECKING:
+    from .robustness import EvalData
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -185,3 +196,135 @@ def recover(out: Path) -> None:
             else:
                 shutil.rmtree(out, ignore_errors=True)
                 os.replace(p, out)
+
+
+@dataclass
+class Run:
+    """One training run: its settings, data, model and optimizer, and where it writes."""
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    info: BetonInfo
+    val_info: BetonInfo
+    fields: list
+    identity: dict
+    train_idx: np.ndarray
+    holdout: EvalData  # the holdout samples checked each epoch
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[torch.amp.GradScaler]
+    state: Optional[dict]  # the checkpoint resumed from
+    folder: Optional[RunFolder]  # None on resume
+    out: Path
+    masks: list = field(default_factory=list)
+    net: Optional[torch.nn.Module] = None  # DDP wrapper or the model
+    batches: object = None
+    progress: bool = True
+
+
+def model_args(cfg: TrainConfig, info: BetonInfo) -> dict:
+    """What rebuilds the model with no training config (stored in every checkpoint)."""
+    m = info.manifest
+    return {"name": cfg.model, "width": cfg.width, "num_classes": m["num_classes"], "mean": m["mean"], "std": m["std"],
+            "image_shape": m["image_shape"]}
+
+
+def resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
+    """The checkpoint to continue from, checked: same data, same settings (or --allow-change)."""
+    if not (out / CHECKPOINT).is_file():
+        raise InputError(f"--resume: no {CHECKPOINT} in {out}")
+    state = read_checkpoint(out / CHECKPOINT)
+    if state["identity"] != identity:
+        raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
+    changed = differing(upgrade(state["config"]), cfg, roles=("run",))  # evaluation and bookkeeping may change
+    run_long = cfg.sat_schedule == "run" and METHODS.get(cfg.method).needs_saliency  # Eq. 9 spans the run
+    if cfg.lr_schedule == "none" and not run_long:  # nothing depends on the run's length:
+        changed.pop("epochs", None)  # more epochs continue the same run
+    if changed and not cfg.allow_change:
+        raise InputError("--resume: " + ", ".join(f"{k} is {new!r} but the run in {out} used {was!r}"
+                                                  for k, (was, new) in changed.items())
+                         + " (--allow-change accepts and records it)")
+    state["changed"] = changed
+    return state
+
+
+def load_weights(run: Run) -> None:
+    cfg, state = run.cfg, run.state
+    if state is not None:
+        run.model.load_state_dict(state["model_state"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+    elif cfg.init:
+        init = load_checkpoint(Path(cfg.init), run.device)
+        try:
+            run.model.load_state_dict(init["model"].state_dict())
+        except RuntimeError:
+            a = init["model_args"]
+            raise InputError(f"--init {cfg.init}: its model ({a['name']}, width {a['width']}, {a['num_classes']} "
+                             f"classes) does not match this run's") from None
+
+
+def write_config(run: Run, hold_idx: np.ndarray) -> None:
+    """config.json (a run's marker): the config, provenance, the holdout; on resume, the changes."""
+    path = run.out / "config.json"
+    if run.state is not None:
+        saved = json.loads(path.read_text())
+        if run.state["changed"]:
+            saved.setdefault("changes", []).append({"epoch": run.state["epoch"], "changed": {
+                k: {"was": was, "now": now} for k, (was, now) in run.state["changed"].items()}})
+            saved["config"] = saved_config(run.cfg)
+        atomic_write_text(path, json.dumps(saved, indent=1))
+        return
+    run.folder.claim()
+    holdout = {"n": len(hold_idx), "per_class": per_class(run.info.labels, hold_idx), "indices": hold_idx.tolist(),
+               "checked_each_epoch": len(run.holdout.y)}
+    data = {"train": content_id(run.info.manifest), "val": content_id(run.val_info.manifest)}
+    atomic_write_text(path, json.dumps({"kind": RUN_KIND, "config": saved_config(run.cfg), "data": data,
+                                        "holdout": holdout, **provenance()}, indent=1))
+    (run.out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def read_history(run: Run) -> list[dict]:
+    """metrics.jsonl up to the checkpoint's epoch (lines of epochs it did not save are dropped)."""
+    path = run.out / "metrics.jsonl"
+    if run.state is None or not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [m for m in lines if m["epoch"] < run.state["epoch"]]
+    if run.rank == 0:
+        atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in kept))
+    return kept
+
+
+def save_epoch(run: Run, epoch: int, line: dict, stats: dict, best: dict) -> None:
+    """metrics.jsonl (and metrics.csv) first, then the checkpoint (a kill between them: the resume
+    drops the line)."""
+    with open(run.out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    if run.cfg.log_csv:
+        write_csv(run.out)
+    state = {"config": saved_config(run.cfg), "model_args": model_args(run.cfg, run.info),
+             "identity": run.identity, "epoch": epoch + 1, "model_state": run.model.state_dict(),
+             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
+             "rng": torch.get_rng_state(), "stats": stats, "best": best, **provenance()}
+    if line["best"]:
+        save_checkpoint(run.out / BEST, {k: state[k] for k in ("config", "model_args", "identity", "epoch",
+                                                              "model_state", "best")})
+    save_checkpoint(run.out / CHECKPOINT, state)
+
+
+def write_csv(out: Path) -> None:
+    """metrics.csv from metrics.jsonl (every field of every epoch; a column per field)."""
+    import csv
+    import io
+
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    fields = list(dict.fromkeys(k for m in lines for k in m))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(lines)
+    atomic_write_text(out / "metrics.csv", buf.getvalue())

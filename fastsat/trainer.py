@@ -17,56 +17,30 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .attacks import PGD
 from .beton import BetonInfo, content_id, open_beton
-from .config import TrainConfig, differing, provenance, saved_config, upgrade
+from .config import TrainConfig
 from .data import make_batches, step_seed
 from .errors import InputError
 from .files import atomic_write_text
 from .methods import METHODS, p_random, train_step
 from .models import build_model
 from .pruning import apply_masks, magnitude_masks, measured_sparsity
-from .robustness import EvalData, correct_under, eval_data, robustness, sample_indices, write_reports
-from .runs import (BEST, CHECKPOINT, RUN_KIND, RunFolder, load_checkpoint, other_data, pick_device, rank_world,
-                   read_checkpoint, recover, save_checkpoint)
-from .subsets import holdout_split, per_class
-
-@dataclass
-class Run:
-    cfg: TrainConfig
-    device: torch.device
-    rank: int
-    world: int
-    info: BetonInfo
-    val_info: BetonInfo
-    fields: list
-    identity: dict
-    train_idx: np.ndarray
-    holdout: EvalData
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: Optional[torch.amp.GradScaler]
-    state: Optional[dict]  # the checkpoint resumed from
-    folder: Optional[RunFolder]  # None on resume
-    out: Path
-    masks: list = field(default_factory=list)
-    net: Optional[torch.nn.Module] = None  # DDP wrapper or the model
-    batches: object = None
-    progress: bool = True
-
+from .robustness import correct_under, eval_data, robustness, sample_indices, write_reports
+from .runs import (BEST, CHECKPOINT, Run, RunFolder, load_checkpoint, load_weights, other_data, pick_device,
+                   rank_world, read_history, recover, resume_state, save_epoch, write_config)
+from .subsets import holdout_split
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """The whole run; returns its summary (wall time, images/s, robustness of the selected model)."""
     run = setup(cfg, progress)
     try:
-        history = _history(run)
+        history = read_history(run)
         stats = dict(run.state.get("stats", {})) if run.state else {"train_seconds": 0.0, "images": 0}
         best = dict(run.state.get("best", {})) if run.state else {}
         for epoch in range(run.state["epoch"] if run.state else 0, cfg.epochs):
@@ -75,7 +49,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             stats["images"] += line["images"]
             if run.rank == 0:
                 select(run, line, history, best)
-                save(run, epoch, line, stats, best)
+                save_epoch(run, epoch, line, stats, best)
                 history.append(line)
                 if run.folder is not None:
                     run.folder.commit()  # the new run has a checkpoint: a replaced old one may go
@@ -112,15 +86,16 @@ def setup(cfg: TrainConfig, progress: bool = True) -> Run:
     if rank == 0:
         recover(out)  # a replaced run that a killed process left aside
     if cfg.resume:
-        state = _resume_state(cfg, out, identity)
+        state = resume_state(cfg, out, identity)
     elif rank == 0:  # the only process that writes
         folder = RunFolder(out, cfg.overwrite)
         folder.check([cfg.train, cfg.val, cfg.init])
     model, optimizer, scaler = build(cfg, info, device)
-    run = Run(cfg, device, rank, world, info, val_info, fields, identity, train_idx,
-              eval_data(info, sample_indices(info.labels, cfg.select_limit, cfg.seed, hold_idx), device),
-              model, optimizer, scaler, state, folder, out, progress=progress)
-    _load_weights(run)
+    run = Run(cfg=cfg, device=device, rank=rank, world=world, info=info, val_info=val_info, fields=fields,
+              identity=identity, train_idx=train_idx, model=model, optimizer=optimizer, scaler=scaler, state=state,
+              folder=folder, out=out, progress=progress,
+              holdout=eval_data(info, sample_indices(info.labels, cfg.select_limit, cfg.seed, hold_idx), device))
+    load_weights(run)
     run.masks = magnitude_masks(model, cfg.sparsity) if cfg.sparsity else []
     run.net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -128,7 +103,7 @@ def setup(cfg: TrainConfig, progress: bool = True) -> Run:
                                seed=cfg.seed, resident=cfg.gpu_resident, distributed=world > 1, indices=train_idx,
                                rank=rank)
     if rank == 0:
-        _write_config(run, hold_idx)
+        write_config(run, hold_idx)
     return run
 
 
@@ -170,82 +145,6 @@ def build(cfg: TrainConfig, info: BetonInfo, device):
                                     weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     return model, optimizer, scaler
-
-
-def model_args(cfg: TrainConfig, info: BetonInfo) -> dict:
-    """What rebuilds the model with no training config (stored in every checkpoint)."""
-    m = info.manifest
-    return {"name": cfg.model, "width": cfg.width, "num_classes": m["num_classes"], "mean": m["mean"], "std": m["std"],
-            "image_shape": m["image_shape"]}
-
-
-def _resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
-    """The checkpoint to continue from, checked: same data, same settings (or --allow-change)."""
-    if not (out / CHECKPOINT).is_file():
-        raise InputError(f"--resume: no {CHECKPOINT} in {out}")
-    state = read_checkpoint(out / CHECKPOINT)
-    if state["identity"] != identity:
-        raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
-    changed = differing(upgrade(state["config"]), cfg, roles=("run",))  # evaluation and bookkeeping may change
-    run_long = cfg.sat_schedule == "run" and METHODS.get(cfg.method).needs_saliency  # Eq. 9 spans the run
-    if cfg.lr_schedule == "none" and not run_long:  # nothing depends on the run's length:
-        changed.pop("epochs", None)  # more epochs continue the same run
-    if changed and not cfg.allow_change:
-        raise InputError("--resume: " + ", ".join(f"{k} is {new!r} but the run in {out} used {was!r}"
-                                                  for k, (was, new) in changed.items())
-                         + " (--allow-change accepts and records it)")
-    state["changed"] = changed
-    return state
-
-
-def _load_weights(run: Run) -> None:
-    cfg, state = run.cfg, run.state
-    if state is not None:
-        run.model.load_state_dict(state["model_state"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        if run.scaler is not None and state.get("scaler"):
-            run.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-    elif cfg.init:
-        init = load_checkpoint(Path(cfg.init), run.device)
-        try:
-            run.model.load_state_dict(init["model"].state_dict())
-        except RuntimeError:
-            a = init["model_args"]
-            raise InputError(f"--init {cfg.init}: its model ({a['name']}, width {a['width']}, {a['num_classes']} "
-                             f"classes) does not match this run's") from None
-
-
-def _write_config(run: Run, hold_idx: np.ndarray) -> None:
-    """config.json (a run's marker): the config, provenance, the holdout; on resume, the changes."""
-    path = run.out / "config.json"
-    if run.state is not None:
-        saved = json.loads(path.read_text())
-        if run.state["changed"]:
-            saved.setdefault("changes", []).append({"epoch": run.state["epoch"], "changed": {
-                k: {"was": was, "now": now} for k, (was, now) in run.state["changed"].items()}})
-            saved["config"] = saved_config(run.cfg)
-        atomic_write_text(path, json.dumps(saved, indent=1))
-        return
-    run.folder.claim()
-    holdout = {"n": len(hold_idx), "per_class": per_class(run.info.labels, hold_idx), "indices": hold_idx.tolist(),
-               "checked_each_epoch": len(run.holdout.y)}
-    data = {"train": content_id(run.info.manifest), "val": content_id(run.val_info.manifest)}
-    atomic_write_text(path, json.dumps({"kind": RUN_KIND, "config": saved_config(run.cfg), "data": data,
-                                        "holdout": holdout, **provenance()}, indent=1))
-    (run.out / "metrics.jsonl").unlink(missing_ok=True)
-
-
-def _history(run: Run) -> list[dict]:
-    """metrics.jsonl up to the checkpoint's epoch (lines of epochs it did not save are dropped)."""
-    path = run.out / "metrics.jsonl"
-    if run.state is None or not path.is_file():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [m for m in lines if m["epoch"] < run.state["epoch"]]
-    if run.rank == 0:
-        atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in kept))
-    return kept
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -345,37 +244,6 @@ def collapsed(previous: Optional[float], now: float, drop: float) -> bool:
     """The catastrophic-overfitting signature: holdout PGD accuracy falls by more than ``drop``
     points from one epoch to the next (Wong et al. 2020 watch a training batch the same way)."""
     return previous is not None and previous - now > drop
-
-
-def save(run: Run, epoch: int, line: dict, stats: dict, best: dict) -> None:
-    """metrics.jsonl (and metrics.csv) first, then the checkpoint (a kill between them: the resume
-    drops the line)."""
-    with open(run.out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
-    if run.cfg.log_csv:
-        write_csv(run.out)
-    state = {"config": saved_config(run.cfg), "model_args": model_args(run.cfg, run.info),
-             "identity": run.identity, "epoch": epoch + 1, "model_state": run.model.state_dict(),
-             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
-             "rng": torch.get_rng_state(), "stats": stats, "best": best, **provenance()}
-    if line["best"]:
-        save_checkpoint(run.out / BEST, {k: state[k] for k in ("config", "model_args", "identity", "epoch",
-                                                              "model_state", "best")})
-    save_checkpoint(run.out / CHECKPOINT, state)
-
-
-def write_csv(out: Path) -> None:
-    """metrics.csv from metrics.jsonl (every field of every epoch; a column per field)."""
-    import csv
-    import io
-
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    fields = list(dict.fromkeys(k for m in lines for k in m))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(lines)
-    atomic_write_text(out / "metrics.csv", buf.getvalue())
 
 
 def _log(run: Run, line: dict) -> None:

@@ -16,7 +16,7 @@ import torch
 from fastsat.beton import manifest_path, open_beton
 from fastsat.errors import InputError
 from fastsat.evaluate import main as evaluate_main
-from fastsat.reader import ALLOC, FIELD_DESC, HEADER
+from fastsat.reader import FIELD_DESC, HEADER
 from fastsat.saliency import main as saliency_main
 from fastsat.train import main as train_main
 from fastsat.write_beton import main as write_main
