@@ -43,6 +43,9 @@ class Registry(Generic[T]):
     def items(self):
         return self._entries.items()
 
+    def values(self):
+        return self._entries.values()
+
     def help(self) -> str:
         """'name: description; …' for --help texts (entries carry a ``description``)."""
         return "; ".join(f"{name}: {getattr(e, 'description', '')}" for name, e in self._entries.items())

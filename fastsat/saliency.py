@@ -62,6 +62,7 @@ class SaliencyMethod:
     granularity: str  # element (N, H, W, C) | pixel (N, H, W)
     description: str
     params: dict = field(default_factory=dict)  # name -> Param
+    needs_teacher: bool = True  # False: computed from the images alone (``fn`` gets teacher None)
 
     def resolve(self, given: dict) -> dict:
         """Defaults overridden by ``given`` (strings or numbers), each checked; unknown keys refused."""
@@ -74,9 +75,10 @@ class SaliencyMethod:
 SALIENCY: Registry[SaliencyMethod] = Registry("saliency method")
 
 
-def register_saliency(name: str, *, granularity: str, description: str, params: dict | None = None):
+def register_saliency(name: str, *, granularity: str, description: str, params: dict | None = None,
+                      needs_teacher: bool = True):
     def add(fn):
-        SALIENCY.add(name, SaliencyMethod(name, fn, granularity, description, dict(params or {})))
+        SALIENCY.add(name, SaliencyMethod(name, fn, granularity, description, dict(params or {}), needs_teacher))
         return fn
     return add
 
@@ -216,7 +218,7 @@ def compute(method: str, teacher: nn.Module, images: np.ndarray, labels: np.ndar
     from tqdm import tqdm
 
     SALIENCY.get(method)  # unknown names fail before the teacher is copied
-    teacher = prepare_teacher(teacher).to(device)
+    teacher = None if teacher is None else prepare_teacher(teacher).to(device)
     out, zeros = [], 0
     for start in tqdm(range(0, len(images), batch_size), desc=f"saliency {method}", disable=not progress):
         batch = np.array(images[start:start + batch_size])  # a copy: the images may be read-only

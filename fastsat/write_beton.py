@@ -21,10 +21,7 @@ from .errors import ArgumentParser, InputError, run_cli
 from .kernels import bits as bitlayout
 from .runs import load_checkpoint, pick_device
 from .saliency import SALIENCY, compute
-from .writers import LAYOUTS, OPTIONS, open_writer
-
-WEAK = ("bbox", "mask")
-
+from .writers import LAYOUTS, OPTIONS, WEAK_KINDS, open_writer
 
 def parser() -> ArgumentParser:
 
@@ -32,7 +29,8 @@ def parser() -> ArgumentParser:
                         epilog="datasets: " + LAYOUTS.help() + ".\n\nteacher saliency methods: " + SALIENCY.help()
                         + ".")
     ap.add_argument("--dataset", required=True, choices=list(LAYOUTS), help="layout to read (see below)")
-    ap.add_argument("--split", default="train", help="split to write (train, test, val: as the layout has them)")
+    ap.add_argument("--split", default="train", choices=sorted({s for lay in LAYOUTS.values() for s in lay.splits}),
+                    help="split to write: " + "; ".join(f"{n}: {', '.join(lay.splits)}" for n, lay in LAYOUTS.items()))
     ap.add_argument("--out", type=Path, required=True, help="output .beton path (manifest goes to OUT.json)")
     ap.add_argument("--saliency", default="auto", metavar="METHOD",
                     help="none | auto (the layout's weak map) | bbox | mask | a teacher method (needs --teacher)")
@@ -120,9 +118,10 @@ def _plan(dataset: str, layout, source, requests) -> list[tuple[str, Path | None
             raise InputError(f"{dataset} has no {method!r} saliency (weak: {', '.join(weak)}; "
                              f"teacher: {', '.join(SALIENCY)})")
         if method in SALIENCY:
-            if teacher is None:
+            needs = SALIENCY.get(method).needs_teacher
+            if needs and teacher is None:
                 raise InputError(f"--saliency {method} needs --teacher CKPT (a checkpoint of fastsat.train)")
-            plan.append((method, Path(teacher), SALIENCY.get(method).resolve(params or {})))
+            plan.append((method, Path(teacher) if needs else None, SALIENCY.get(method).resolve(params or {})))
         elif params:
             raise InputError(f"{flag} applies to teacher saliency methods, not to {method!r}")
         else:
@@ -162,11 +161,11 @@ def write_dataset(dataset: str, split: str, out, *, saliency: str = "auto", teac
     plan = _plan(dataset, layout, source, [(saliency, teacher, params, "--sal-param"),
                                                          (saliency2, teacher2 or teacher, params2, "--sal2-param")])
     device = pick_device(device)
-    teachers = {t: _load_teacher(t, source, device) for _, t, _ in plan if t is not None}
+    teachers = {t: _load_teacher(t, source, device) for _, t, _ in plan if t is not None}  # loaded once each
     write_args = {"overwrite": overwrite, "workers": workers, "writer": writer, "progress": progress}
     if plan[0][0] == "none":
         return write_beton(samples, source, out, **write_args)
-    if len(plan) == 1 and plan[0][0] in WEAK:
+    if len(plan) == 1 and plan[0][0] in WEAK_KINDS:
         return write_beton(samples, source, out, maps={"sal": weak_map(plan[0][0])}, **write_args)
     computed = _teacher_maps(samples, source, plan, teachers, sal_batch, device)
     maps = {name: SaliencyMap(g, info, bitlayout.pack_np(p)) for name, (g, p, info) in zip(("sal", "sal2"), computed)}
@@ -179,18 +178,20 @@ def _teacher_maps(samples, source, plan, teachers: dict, sal_batch: int, device)
     images, labels, masks = _gather(samples)
     computed = []
     for method, teacher, params in plan:
-        if teacher is None:
+        if method not in SALIENCY:
             computed.append(("pixel", masks, {"method": method, "equation": "Eq. 10"}))
             continue
-        ckpt = teachers[teacher]
-        positive, zero_maps = compute(method, ckpt["model"], images, labels, batch_size=sal_batch,
+        ckpt = teachers.get(teacher)
+        positive, zero_maps = compute(method, ckpt and ckpt["model"], images, labels, batch_size=sal_batch,
                                       device=device, params=params)
         if zero_maps:
             source.notes.append(f"{method}: {zero_maps} all-zero maps stored as all +1 (tie rule)")
-        cfg = ckpt["config"]
-        computed.append((SALIENCY.get(method).granularity, positive, {
-            "method": method, "params": params, "teacher": str(teacher), "teacher_blake2b": file_hash(teacher),
-            "teacher_model": cfg["model"], "teacher_width": cfg["width"], "teacher_method": cfg["method"]}))
+        info = {"method": method, "params": params}
+        if ckpt is not None:
+            cfg = ckpt["config"]
+            info.update(teacher=str(teacher), teacher_blake2b=file_hash(teacher), teacher_model=cfg["model"],
+                        teacher_width=cfg["width"], teacher_method=cfg["method"])
+        computed.append((SALIENCY.get(method).granularity, positive, info))
     if len({g for g, _, _ in computed}) > 1:  # mixable maps share one layout: widen pixel maps
         c = source.image_shape[2]
         computed = [("element", p if g == "element" else np.repeat(p[..., None], c, axis=3), i) for g, p, i in computed]

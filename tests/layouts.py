@@ -1,6 +1,7 @@
 """Small fixtures in each dataset's official on-disk layout, with the ground truth tests check."""
 from __future__ import annotations
 
+import gzip
 import pickle
 from pathlib import Path
 
@@ -112,3 +113,38 @@ def image_folder(root: Path, masks: Path | None = None, side: int = 16, rng=None
                 Image.fromarray(mask).save(masks / cls / f"{name}.png")
             truth.append((cls, name, pixels, mask))
     return truth
+
+
+def idx_bytes(magic: int, array: np.ndarray) -> bytes:
+    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
+
+
+def write_idx(root: Path, n_train=40, n_test=20, gz=True, rng=None) -> dict:
+    """The four official files with random 28×28 images (a square 'product' on black)."""
+    rng = rng or np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        images[:, 6:22, 6:22] = rng.integers(1, 256, (n, 16, 16))
+        images[:, 12:16, 12:16] = 0  # a hole the silhouette fills
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        for name, data in ((f"{prefix}-images-idx3-ubyte", idx_bytes(0x803, images)),
+                           (f"{prefix}-labels-idx1-ubyte", idx_bytes(0x801, labels))):
+            (root / (name + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
+        truth[split] = (images, labels)
+    return truth
+
+
+EXAMPLES = {  # layout → a tiny copy of its official files under root (each maker returns its non-empty
+    # ground truth, so `and` passes on to) write_dataset's layout options for it
+    "digits": lambda root: {},  # in scikit-learn's wheel
+    "cifar10": lambda root: cifar(root, "cifar10") and {"root": root},
+    "cifar100": lambda root: cifar(root, "cifar100") and {"root": root},
+    "tiny-imagenet": lambda root: tiny_imagenet(root) and {"root": root},
+    "flowers17": lambda root: flowers17(root) and {"root": root, "side": 16},
+    "folder": lambda root: image_folder(root / "images", root / "masks") and {"root": root / "images",
+                                                                              "mask_root": root / "masks"},
+    "fashion-mnist": lambda root: write_idx(root) and {"root": root},
+    "mnist": lambda root: write_idx(root) and {"root": root},
+}

@@ -293,7 +293,7 @@ def test_an_empty_test_beton_is_refused(tmp_path, trained, digits, capsys):
 def test_ctrl_c_in_reproduce_is_one_line_and_exit_130(tmp_path):
     """Interrupted while it writes its first beton: "error: interrupted", exit 130, nothing else."""
     from tests.test_faults import interrupt
-    from tests.test_idx import write_idx
+    from tests.layouts import write_idx
 
     write_idx(tmp_path / "fm", n_train=40_000, n_test=20)
     out = tmp_path / "r"

@@ -1,5 +1,4 @@
 """MNIST-family IDX files and single-channel images end to end: writer, beton, methods, saliency."""
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -15,29 +14,9 @@ from fastsat.reader import BetonReader
 from fastsat.saliency import SALIENCY, compute
 from fastsat.write_beton import main as write_main
 from tests.ffcv_read import read_all
+from tests.layouts import idx_bytes, write_idx
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-
-
-def idx_bytes(magic: int, array: np.ndarray) -> bytes:
-    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape) + array.tobytes()
-
-
-def write_idx(root: Path, n_train=40, n_test=20, gz=True, rng=None) -> dict:
-    """The four official files with random 28×28 images (a square 'product' on black)."""
-    rng = rng or np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        images = np.zeros((n, 28, 28), np.uint8)
-        images[:, 6:22, 6:22] = rng.integers(1, 256, (n, 16, 16))
-        images[:, 12:16, 12:16] = 0  # a hole the silhouette fills
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        for name, data in ((f"{prefix}-images-idx3-ubyte", idx_bytes(0x803, images)),
-                           (f"{prefix}-labels-idx1-ubyte", idx_bytes(0x801, labels))):
-            (root / (name + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
-        truth[split] = (images, labels)
-    return truth
 
 
 @pytest.mark.parametrize("gz", [True, False])

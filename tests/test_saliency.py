@@ -133,6 +133,28 @@ def test_tie_rule_and_nonfinite_maps():
         saliency.compute("grad_sign", Root(), images, np.zeros(3, int), batch_size=2, progress=False)
 
 
+def test_a_method_that_needs_no_teacher_says_so(tmp_path):
+    """A saliency method registered with needs_teacher=False is written without --teacher (its
+    function gets teacher None, and the manifest names no teacher)."""
+    @saliency.register_saliency("test_only_bright", granularity="pixel", needs_teacher=False,
+                                description="+1 where the image is brighter than mid-grey")
+    def bright(teacher, x, y):
+        assert teacher is None
+        return x.mean(1) > 0.5
+
+    try:
+        out = tmp_path / "b.beton"
+        assert write_main(["--dataset", "digits", "--split", "test", "--out", str(out),
+                           "--saliency", "test_only_bright"]) == 0
+        m = json.loads((tmp_path / "b.beton.json").read_text())
+        assert m["saliency"]["sal"]["source"] == {"method": "test_only_bright", "params": {}}
+        images, stored = read_all(out)["image"], read_all(out)["sal"]
+        expected = images.reshape(len(stored), 32, 32, 3).mean(3) / 255 > 0.5
+        assert np.array_equal(bitlayout.unpack_np(stored, 32 * 32).reshape(-1, 32, 32), expected)
+    finally:
+        saliency.SALIENCY._entries.pop("test_only_bright")
+
+
 def test_write_beton_with_teacher_maps(tmp_path, teacher, capsys):
     out = tmp_path / "t.beton"
     assert write_main(["--dataset", "digits", "--split", "test", "--out", str(out), "--saliency", "gbp",

@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from fastsat.kernels import bits as bitlayout
-from fastsat.write_beton import main
+from fastsat.write_beton import main, write_dataset
+from fastsat.writers import LAYOUTS
 from tests import layouts
 from tests.ffcv_read import manifest, read_all
 
@@ -107,3 +108,21 @@ def test_digits_embedded_default(tmp_path):
     v = got["image"][..., 0]
     assert not (positive & (v < 64)).any() and positive[v >= 65].all()
     assert 0.1 < positive.mean() < 0.6
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_every_registered_layout_writes_each_of_its_splits(tmp_path, name):
+    """From the registry: a new layout is tested once tests/layouts.py has a tiny copy of its files."""
+    layout = LAYOUTS.get(name)
+    assert name in layouts.EXAMPLES, f"add a tiny example of {name}'s official files to tests/layouts.EXAMPLES"
+    options = layouts.EXAMPLES[name](tmp_path)
+    for split in layout.splits:
+        info = write_dataset(name, split, tmp_path / f"{split}.beton", writer="direct", workers=1, progress=False,
+                             **options)
+        m = info.manifest
+        assert m["dataset"] == name and m["num_samples"] == len(info.labels) > 0
+        assert 0 <= info.labels.min() and info.labels.max() < m["num_classes"]
+        assert tuple(m["image_shape"])[2] in (1, 3)
+        weak = m["saliency"].get("sal", {}).get("source", {}).get("method")
+        assert weak == (layout.weak[0] if layout.weak else None), (split, m["saliency"])
+

@@ -9,7 +9,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-from .common import LAYOUTS, OPTIONS, InputError, Layout, Source, register_layout
+from .common import LAYOUTS, OPTIONS, WEAK_KINDS, InputError, Layout, Source, register_layout
 
 for _module in pkgutil.iter_modules(__path__):  # every layout module registers itself on import
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -19,6 +19,8 @@ def open_writer(dataset: str, split: str = "train", **given):
     """The sample sequence for ``dataset`` (its ``.source`` describes it). ``given``: options the
     user set (None: not set); one the layout does not take is an error, not silently ignored."""
     layout = LAYOUTS.get(dataset)
+    if split not in layout.splits:
+        raise InputError(f"{dataset} has splits {layout.splits}, not {split!r}")
     given = {k: v for k, v in given.items() if v is not None}
     extra = sorted(set(given) - set(layout.options))
     if extra:
@@ -36,4 +38,4 @@ def open_writer(dataset: str, split: str = "train", **given):
     return layout.factory(split=split, **options)
 
 
-__all__ = ["LAYOUTS", "OPTIONS", "InputError", "Layout", "Source", "open_writer", "register_layout"]
+__all__ = ["LAYOUTS", "OPTIONS", "WEAK_KINDS", "InputError", "Layout", "Source", "open_writer", "register_layout"]

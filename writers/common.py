@@ -26,26 +26,33 @@ OPTIONS = {  # every option a layout may take: its flag's help
 }
 
 
+WEAK_KINDS = ("bbox", "mask")  # where a layout's Eq. 10 signs come from
+
+
 @dataclass(frozen=True)
 class Layout:
     name: str
     factory: Callable  # (split=..., **options) -> sample sequence with .source
     description: str
-    weak: tuple  # Eq. 10 saliency the layout carries ("bbox", "mask"); "none" is always possible
+    splits: tuple  # the split names --split takes for it
+    weak: tuple  # Eq. 10 saliency the layout carries (of WEAK_KINDS); "none" is always possible
     options: dict  # option -> default (None: required where the layout needs it)
 
 
 LAYOUTS: Registry[Layout] = Registry("dataset")
 
 
-def register_layout(name: str, *, description: str, weak: tuple = (), options: dict | None = None):
-    """Register a sample-sequence factory ``factory(split, **options)`` for ``--dataset name``."""
+def register_layout(name: str, *, description: str, splits: tuple, weak: tuple = (), options: dict | None = None):
+    """Register a sample-sequence factory ``factory(split, **options)`` for ``--dataset name``;
+    ``open_writer`` checks the split and the options before calling it."""
     unknown = set(options or {}) - set(OPTIONS)
     if unknown:
         raise ValueError(f"layout {name}: unknown options {sorted(unknown)}")
+    if not splits or set(weak) - set(WEAK_KINDS):
+        raise ValueError(f"layout {name}: needs splits, and weak kinds among {WEAK_KINDS}")
 
     def add(factory):
-        LAYOUTS.add(name, Layout(name, factory, description, tuple(weak), dict(options or {})))
+        LAYOUTS.add(name, Layout(name, factory, description, tuple(splits), tuple(weak), dict(options or {})))
         return factory
     return add
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import InputError, Source, register_layout
+from .common import Source, register_layout
 
 SIDE = 32
 INK = 0.25  # fraction of full ink that counts as foreground
-SPLITS = ("train", "test")
 
 
-@register_layout("digits", weak=("mask",), options={"side": 32},
+@register_layout("digits", splits=("train", "test"), weak=("mask",), options={"side": 32},
                  description="scikit-learn's handwritten digits (in its wheel; no download), ink mask")
 class Digits:
     def __init__(self, split: str = "train", side: int = SIDE):
@@ -23,8 +22,6 @@ class Digits:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
-        if split not in SPLITS:
-            raise InputError(f"digits has splits {SPLITS}, not {split!r}")
         data = load_digits()
         idx_train, idx_test = train_test_split(np.arange(len(data.target)), test_size=0.2,
                                                stratify=data.target, random_state=0)

@@ -23,14 +23,12 @@ SPLIT_KEYS = {"train": "trn", "val": "val", "test": "tst"}
 FOREGROUND = 128  # trimap value from which a pixel counts as flower
 
 
-@register_layout("flowers17", weak=("mask",),
+@register_layout("flowers17", splits=tuple(SPLIT_KEYS), weak=("mask",),
                  options={"root": None, "side": 64, "fold": 1, "missing_mask": "skip"},
                  description="Oxford Flowers-17 jpg/ + trimaps/ + datasplits.mat")
 class Flowers17:
     def __init__(self, root: Path, split: str = "train", side: int = 64, fold: int = 1,
                  missing_mask: str = "skip"):
-        if split not in SPLIT_KEYS:
-            raise InputError(f"flowers17 has splits {tuple(SPLIT_KEYS)}, not {split!r}")
         if fold not in (1, 2, 3):
             raise InputError(f"flowers17 has folds 1, 2, 3, not {fold}")
         if missing_mask not in ("skip", "keep"):

@@ -10,7 +10,7 @@ from .common import InputError, Source, eq10_mask, load_pair, load_rgb, register
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
-@register_layout("folder", weak=("mask",), options={"root": None, "side": 64, "mask_root": None},
+@register_layout("folder", splits=("train", "val", "test"), weak=("mask",), options={"root": None, "side": 64, "mask_root": None},
                  description="an ImageFolder tree root/<class>/<image>, optional parallel mask tree")
 class ImageFolder:
     def __init__(self, root: Path, split: str = "train", side: int = 64, mask_root: Optional[Path] = None):

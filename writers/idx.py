@@ -67,8 +67,6 @@ def silhouette(images: np.ndarray) -> np.ndarray:
 
 class Idx:
     def __init__(self, dataset: str, root: Path, split: str = "train"):
-        if split not in FILES:
-            raise InputError(f"{dataset} has splits {tuple(FILES)}, not {split!r}")
         images_file, labels_file = (find(Path(root), dataset, name) for name in FILES[split])
         images = read_idx(images_file, MAGIC_IMAGES, 3)
         labels = read_idx(labels_file, MAGIC_LABELS, 1)
@@ -90,12 +88,12 @@ class Idx:
         return self.images[i], int(self.labels[i]), self.masks[i]
 
 
-@register_layout("fashion-mnist", weak=("mask",), options={"root": DEBIAN["fashion-mnist"]},
+@register_layout("fashion-mnist", splits=tuple(FILES), weak=("mask",), options={"root": DEBIAN["fashion-mnist"]},
                  description="Fashion-MNIST IDX files (default root: the Debian package dataset-fashion-mnist)")
 def fashion_mnist(split: str, root: Path) -> Idx:
     return Idx("fashion-mnist", root, split)
 
 
-@register_layout("mnist", weak=("mask",), options={"root": None}, description="MNIST IDX files (ink mask)")
+@register_layout("mnist", splits=tuple(FILES), weak=("mask",), options={"root": None}, description="MNIST IDX files (ink mask)")
 def mnist(split: str, root: Path) -> Idx:
     return Idx("mnist", root, split)

@@ -13,7 +13,6 @@ from typing import Optional
 from .common import InputError, Source, eq10_box, load_rgb, register_layout, require
 
 NATIVE = 64
-SPLITS = ("train", "val")
 
 
 def _parse(path: Path, ncols: int) -> list[list[str]]:
@@ -35,12 +34,10 @@ def _box(cols: list[str], where: str) -> tuple[int, int, int, int]:
         raise InputError(f"{where}bbox {cols} is not four integers") from None
 
 
-@register_layout("tiny-imagenet", weak=("bbox",), options={"root": None, "side": None},
+@register_layout("tiny-imagenet", splits=("train", "val"), weak=("bbox",), options={"root": None, "side": None},
                  description="tiny-imagenet-200/ with its boxes (train and val)")
 class TinyImageNet:
     def __init__(self, root: Path, split: str = "train", side: Optional[int] = None):
-        if split not in SPLITS:
-            raise InputError(f"tiny-imagenet has labelled splits {SPLITS}, not {split!r}")
         base = Path(root)
         if base.name != "tiny-imagenet-200":
             base = base / "tiny-imagenet-200"
