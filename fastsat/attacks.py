@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .kernels.spec import EPS0
 
 
 class Attack:
@@ -75,7 +76,7 @@ def _uniform(x, eps, generator=None):
 @dataclass
 class PGD(Attack):
     """L∞ PGD (Madry et al.): k signed-gradient steps of size alpha on CE, projected to the ε-ball."""
-    eps: float = 8 / 255
+    eps: float = EPS0
     alpha: float = 2 / 255
     steps: int = 5
     random_start: bool = True
@@ -92,7 +93,7 @@ class FGSMRS(Attack):
     alpha_ratio·ε on its gradient, clipped to the ε-ball and again to [−x, 1 − x] (as their code
     does, so no element starts outside the image range with a zero gradient). Train mode, as in
     the paper that introduced it."""
-    eps: float = 8 / 255
+    eps: float = EPS0
     alpha_ratio: float = 1.25
     eval_mode: bool = False
 
@@ -109,7 +110,7 @@ class NFGSM(Attack):
     alpha_ratio·ε on the gradient at x + η, and **no projection** back to the ε-ball (the
     perturbation may reach (k + 1)·ε): two passes like FGSM-RS, without its catastrophic
     overfitting at large ε. Train mode, as in the paper."""
-    eps: float = 8 / 255
+    eps: float = EPS0
     k: float = 2.0
     alpha_ratio: float = 1.0
     eval_mode: bool = False
@@ -123,7 +124,7 @@ class NFGSM(Attack):
 @dataclass
 class TradesAttack(Attack):
     """TRADES inner maximisation (Zhang et al. 2019): ascend KL(f(x') ‖ f(x)) from x + 0.001·N(0, 1)."""
-    eps: float = 8 / 255
+    eps: float = EPS0
     alpha: float = 2 / 255
     steps: int = 5
     eval_mode: bool = True
@@ -140,7 +141,7 @@ class TradesAttack(Attack):
 @dataclass
 class UniformNoise(Attack):
     """x + U(−ε, ε), clipped: the random-noise baseline and evaluation."""
-    eps: float = 8 / 255
+    eps: float = EPS0
 
     def perturb(self, model, x, y=None, generator=None):
         return (x + _uniform(x, self.eps, generator)).clamp(0, 1)
@@ -150,7 +151,7 @@ class UniformNoise(Attack):
 class SaliencyAttack(Attack):
     """The paper's saliency attack, white-box on the evaluated model: x − ε·sign(∇ₓ Φ^y(x)),
     Φ^y the logit of the true class (one gradient, no random start), clipped to [0, 1]."""
-    eps: float = 8 / 255
+    eps: float = EPS0
 
     def perturb(self, model, x, y, generator=None):
         x = x.clone().requires_grad_(True)
@@ -162,7 +163,7 @@ class SaliencyAttack(Attack):
 class StoredMapAttack(Attack):
     """x − ε·s with the signs s stored in the beton (``signs`` NCHW ±1): a transfer attack from
     whatever made the map (a teacher, a mask), blind to the evaluated model."""
-    eps: float = 8 / 255
+    eps: float = EPS0
 
     def perturb(self, model, x, y=None, signs=None, generator=None):
         if signs is None:
@@ -213,7 +214,7 @@ class AutoAttack(Attack):
     ``AutoAttack`` class uses 10 iterations: ``steps=10`` reproduces it). Or any tuple of
     ``AA_ATTACKS``. ``steps`` / ``queries`` below the original's are a cheaper, weaker attack, stated
     in every report."""
-    eps: float = 8 / 255
+    eps: float = EPS0
     version: str = "standard"
     n_classes: int = 10
     steps: int = 100

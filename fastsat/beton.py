@@ -147,35 +147,11 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
     """Write ``samples`` (see ``writers/common.py``) to ``out`` atomically, with its manifest.
     ``writer``: ``ffcv`` (its parallel DatasetWriter), ``direct`` (``reader.write_direct``, one
     process, no ffcv needed; the same content) or ``auto`` (ffcv where it is installed)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} exists (use --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder {out.parent} does not exist")
-    n = len(samples)
-    if n == 0:
-        raise InputError(f"{source.dataset}/{source.split} has no samples")
-    maps = dict(maps or {})
-    for name, m in maps.items():
-        if name not in SAL_FIELDS:
-            raise ValueError(f"saliency field names are {SAL_FIELDS}, not {name!r}")
-        nbytes = bitlayout.num_bytes(source.image_shape, m.granularity)
-        if m.packed is not None and m.packed.shape != (n, nbytes):
-            raise InputError(f"field {name}: packed bits are {m.packed.shape}, expected ({n}, {nbytes})")
+    out, maps = Path(out), dict(maps or {})
+    writer = _check_request(samples, source, out, maps, overwrite, writer)
     with_flag = getattr(samples, "keep_unmasked", False)
-    mean, std = _stats(samples, n)  # reads a few samples here: bad input fails before any write
-
-    if writer not in WRITERS:
-        raise InputError(f"writer {writer!r}: expected one of {', '.join(WRITERS)}")
-    if writer == "auto":
-        writer = "ffcv" if ffcv_available() else "direct"
-    rgb = source.image_shape[2] == 3
-    fields = {"image": (RGB if rgb else NDARRAY, tuple(source.image_shape)), "label": (INT, ())}
-    for name, m in maps.items():
-        fields[name] = (NDARRAY, (bitlayout.num_bytes(source.image_shape, m.granularity),))
-    if with_flag:
-        fields["has_sal"] = (INT, ())
-
+    mean, std = _stats(samples, len(samples))  # reads a few samples here: bad input fails before any write
+    fields = _fields(source.image_shape, maps, with_flag)
     remove_stale_temps(out)  # of writes killed earlier
     tmp = temp_name(out)
     errors = tmp.with_name(tmp.name + ".errors")
@@ -192,35 +168,76 @@ def write_beton(samples, source, out: Path, *, maps: dict[str, SaliencyMap] | No
         if errors.exists():
             lines = errors.read_text().splitlines()
             raise InputError(lines[0] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""))
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "dataset": source.dataset, "split": source.split,
-            "class_names": list(source.class_names), "num_classes": len(source.class_names),
-            "image_shape": list(source.image_shape), "image_write_mode": "raw" if rgb else "array",
-            "num_samples": n, "fields": list(fields), "writer": writer,
-            "saliency": {name: {"granularity": m.granularity,
-                                "nbytes": bitlayout.num_bytes(source.image_shape, m.granularity),
-                                "source": m.source} for name, m in maps.items()},
-            "mean": mean, "std": std, "notes": list(source.notes),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "file_size": tmp.stat().st_size, "content_blake2b": None,
-        }
+        manifest = _manifest(source, maps, fields, writer, mean, std, len(samples), tmp.stat().st_size)
         reader = _check_header(tmp, manifest, name_for_errors=out)
         manifest["content_blake2b"] = reader.content_hash()
-        man_tmp = manifest_path(tmp)
-        try:
-            man_tmp.write_text(json.dumps(manifest, indent=1))
-        except OSError as e:
-            raise InputError(f"could not write {manifest_path(out)}: {e.strerror or e}; nothing was written") from None
-        # the old manifest goes first: a kill between the renames leaves a beton without a manifest
-        # (refused on open), never a new beton beside the old manifest
-        manifest_path(out).unlink(missing_ok=True)
-        os.replace(tmp, out)
-        os.replace(man_tmp, manifest_path(out))
+        _publish(tmp, out, manifest)
     finally:
         for leftover in (tmp, errors, manifest_path(tmp)):
             leftover.unlink(missing_ok=True)
     return BetonInfo(out, manifest, reader.ints("label"))  # validated above, before the rename
+
+
+def _check_request(samples, source, out: Path, maps: dict, overwrite: bool, writer: str) -> str:
+    """Everything about a write that can fail before it starts; the writer ``auto`` resolves to."""
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} exists (use --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist")
+    n = len(samples)
+    if n == 0:
+        raise InputError(f"{source.dataset}/{source.split} has no samples")
+    for name, m in maps.items():
+        if name not in SAL_FIELDS:
+            raise ValueError(f"saliency field names are {SAL_FIELDS}, not {name!r}")
+        nbytes = bitlayout.num_bytes(source.image_shape, m.granularity)
+        if m.packed is not None and m.packed.shape != (n, nbytes):
+            raise InputError(f"field {name}: packed bits are {m.packed.shape}, expected ({n}, {nbytes})")
+    if writer not in WRITERS:
+        raise InputError(f"writer {writer!r}: expected one of {', '.join(WRITERS)}")
+    return ("ffcv" if ffcv_available() else "direct") if writer == "auto" else writer
+
+
+def _fields(image_shape, maps: dict, with_flag: bool) -> dict:
+    """Field name → (kind, shape): the image (RGB as FFCV's raw RGB field, else an array), the
+    label, one packed-bits array per map, and has_sal where samples may lack a map."""
+    fields = {"image": (RGB if image_shape[2] == 3 else NDARRAY, tuple(image_shape)), "label": (INT, ())}
+    for name, m in maps.items():
+        fields[name] = (NDARRAY, (bitlayout.num_bytes(image_shape, m.granularity),))
+    if with_flag:
+        fields["has_sal"] = (INT, ())
+    return fields
+
+
+def _manifest(source, maps: dict, fields: dict, writer: str, mean, std, n: int, size: int) -> dict:
+    """The manifest of a written beton (its content hash is filled in once the file is checked)."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "dataset": source.dataset, "split": source.split,
+        "class_names": list(source.class_names), "num_classes": len(source.class_names),
+        "image_shape": list(source.image_shape), "image_write_mode": "raw" if source.image_shape[2] == 3 else "array",
+        "num_samples": n, "fields": list(fields), "writer": writer,
+        "saliency": {name: {"granularity": m.granularity,
+                            "nbytes": bitlayout.num_bytes(source.image_shape, m.granularity),
+                            "source": m.source} for name, m in maps.items()},
+        "mean": mean, "std": std, "notes": list(source.notes),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "file_size": size, "content_blake2b": None,
+    }
+
+
+def _publish(tmp: Path, out: Path, manifest: dict) -> None:
+    """The checked temporary beton and its manifest renamed into place."""
+    man_tmp = manifest_path(tmp)
+    try:
+        man_tmp.write_text(json.dumps(manifest, indent=1))
+    except OSError as e:
+        raise InputError(f"could not write {manifest_path(out)}: {e.strerror or e}; nothing was written") from None
+    # the old manifest goes first: a kill between the renames leaves a beton without a manifest
+    # (refused on open), never a new beton beside the old manifest
+    manifest_path(out).unlink(missing_ok=True)
+    os.replace(tmp, out)
+    os.replace(man_tmp, manifest_path(out))
 
 
 @dataclass

@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from .config import TrainConfig, differing, role_names, upgrade
+from .config import TrainConfig, differing, eps_key, role_names, upgrade
 from .errors import InputError
 from .files import atomic_write_text
 from .methods import METHODS
@@ -89,7 +89,7 @@ def side_by_side(by_method: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def frontier(by_method: dict[str, list[dict]], path: Path, eps: str, title: str) -> None:
+def frontier(by_method: dict[str, list[dict]], path: Path, eps: float, title: str) -> None:
     from .plots import save, spread_labels, subplots
 
     fig, ax = subplots(figsize=(6, 4))
@@ -97,7 +97,7 @@ def frontier(by_method: dict[str, list[dict]], path: Path, eps: str, title: str)
     points = {}
     for label, summaries in by_method.items():
         t, dt = mean_ci([s["train_seconds"] for s in summaries])
-        acc, dacc = mean_ci([s["robustness"]["attacks"][row][eps] for s in summaries])
+        acc, dacc = mean_ci([s["robustness"]["attacks"][row][eps_key(eps)] for s in summaries])
         color = "#dd8452" if METHODS.get(summaries[0]["method"]).needs_saliency else "#4c72b0"
         masked = masked_seeds(summaries) > 0  # hollow, crossed and labelled: no verdict
         ax.errorbar(t, acc, xerr=dt or None, yerr=dacc or None, fmt="X" if masked else "o", color=color, capsize=3,
@@ -112,7 +112,7 @@ def frontier(by_method: dict[str, list[dict]], path: Path, eps: str, title: str)
     ax.set_ylim(top=max(max(heights) + 0.1 * y_span, ax.get_ylim()[1]))
     ax.set_xlim(right=max(xs) + 0.2 * x_span)
     ax.set_xlabel("training time (s)")
-    ax.set_ylabel(f"{row.replace('_', ' ')} accuracy at ε={eps}/255 (%)")
+    ax.set_ylabel(f"{row.replace('_', ' ')} accuracy at ε={eps:g}/255 (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     save(fig, path)
@@ -193,6 +193,6 @@ def compare(base: TrainConfig, methods: list[str], seeds: int, out: Path, fronti
     atomic_write_text(out / "comparison.md", table + "\n")
     atomic_write_text(out / "comparison.json", json.dumps(
         {m: [{k: v for k, v in s.items() if k != "table"} for s in ss] for m, ss in by_method.items()}, indent=1))
-    frontier(by_method, out / "frontier.png", f"{frontier_eps:g}",
+    frontier(by_method, out / "frontier.png", frontier_eps,
              f"cost vs robustness — {base.model} (width {base.width}), {Path(base.train).name}, {seeds} seed(s)")
     return table, [s for ss in by_method.values() for s in ss]

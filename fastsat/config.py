@@ -59,6 +59,13 @@ def opt(default, help: str, *, rule: Optional[Rule] = None, choices: Optional[Ca
 
 UNITS = "1/255"  # of every ε-like flag, config key and saved config: 8 means 8/255 (the literature's unit)
 EPS_MIN = 0.25  # an ε-like value below this is almost surely a fraction of 1 (the unit before 1/255)
+
+
+def eps_key(eps: float) -> str:
+    """The report key of an ε in 1/255: its number ("4", "0.5"; JSON object keys are strings)."""
+    return f"{eps:g}"
+
+
 EPS_RULE = Rule(f"in [{EPS_MIN:g}, 255] (in 1/255: 8 means 8/255)", lambda v: EPS_MIN <= v <= 255)
 
 

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import upgrade
+from .config import eps_key, upgrade
 from .errors import ArgumentParser, InputError, run_cli
 from .files import atomic_write, atomic_write_text
 
@@ -61,7 +61,7 @@ def robustbench_entry(ckpt: dict, run: Path, name: str) -> dict:
         entry["footnote"] = "not evaluated: no robustness.json beside the checkpoint"
         return {**entry, "fastsat": {**fastsat, "evaluation": "missing"}}
     report = json.loads(report_path.read_text())
-    eps = f"{cfg['eps']:g}"
+    eps = eps_key(cfg["eps"])
     rows = report["attacks"]
     aa = report["settings"].get("autoattack", {})
     entry["clean_acc"] = f"{report['clean']:.2f}"

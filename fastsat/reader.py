@@ -201,6 +201,17 @@ class BetonReader:
         return h.hexdigest()
 
 
+def _field_descriptors(fields: dict[str, tuple[int, tuple]]) -> np.ndarray:
+    """FFCV's field table: type, name (16 bytes) and, for arrays, dtype and shape."""
+    descs = np.zeros(len(fields), FIELD_DESC)
+    for d, (name, (kind, shape)) in zip(descs, fields.items()):
+        d["type_id"] = kind
+        d["name"][:len(name)] = np.frombuffer(name.encode("ascii")[:16], np.uint8)
+        if kind == NDARRAY:
+            d["arguments"][:] = _ndarray_args(shape)
+    return descs
+
+
 def write_direct(path: Path, fields: dict[str, tuple[int, tuple]], samples, page_size: int,
                  progress: bool = False) -> None:
     """``samples`` (indexable; sample i is a tuple of values in ``fields`` order) written to ``path``
@@ -210,13 +221,7 @@ def write_direct(path: Path, fields: dict[str, tuple[int, tuple]], samples, page
 
     names, n = list(fields), len(samples)
     meta = np.zeros(n, np.dtype([(name, META[fields[name][0]]) for name in names], align=True))
-    descs = np.zeros(len(names), FIELD_DESC)
-    for d, name in zip(descs, names):
-        kind, shape = fields[name]
-        d["type_id"] = kind
-        d["name"][:len(name)] = np.frombuffer(name.encode("ascii")[:16], np.uint8)
-        if kind == NDARRAY:
-            d["arguments"][:] = _ndarray_args(shape)
+    descs = _field_descriptors(fields)
     sizes = {name: int(np.prod(shape)) for name, (kind, shape) in fields.items() if kind != INT}
     per_sample = sum(sizes.values())
     if per_sample > page_size:

@@ -382,7 +382,7 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
         shared = (f"Teachers and their maps are shared by every seed (trained with seed {args.seed}); each student is "
                   f"trained and graded once per seed ({args.seeds}).\n\n" if args.seeds > 1 else "")
         text = shared + table(summaries, tests) + "\n\nThe paper's claims on this data:\n\n" + claims(res)
-        frontier(summaries, out / "frontier.png", f"{max(base.eval_eps):g}",
+        frontier(summaries, out / "frontier.png", max(base.eval_eps),
                  f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}")
         atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"
                           f"Command: `{steps.record['command']}`\n")

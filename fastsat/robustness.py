@@ -34,6 +34,7 @@ import torch
 
 from .attacks import (PGD, AutoAttack, SaliencyAttack, SampleSeeds, StoredMapAttack, TradesAttack, UniformNoise,
                       aa_package)
+from .config import eps_key
 from .data import to_unit
 from .errors import InputError
 from .kernels import bits as bitlayout
@@ -204,13 +205,13 @@ def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True
     version = aa_version(cfg, stochastic)
     cascade = cfg.eval_cascade and cfg.eval_protocol != "paper"
     plan = stages(cfg, data, n_classes, version)
-    standing = {f"{e:g}": clean.clone() for e in cfg.eval_eps}  # per ε: correct under every counted row so far
+    standing = {eps_key(e): clean.clone() for e in cfg.eval_eps}  # per ε: correct under every counted row so far
     rows: dict[str, dict[str, torch.Tensor]] = {name: {} for name in row_order(plan)}
     ran_on: dict[str, dict[str, int]] = {name: {} for name in rows}
     seconds: dict[str, dict[str, float]] = {}  # where grading time goes: per row and ε, per check
     bar = tqdm(total=sum(len(st.rows) for st in plan), desc="robustness", disable=not progress, leave=False)
     for st in plan:
-        key = f"{st.eps:g}"
+        key = eps_key(st.eps)
         only = standing[key].clone() if cascade and st.counted else None
         for name, attack in st.rows:
             rows[name][key] = timed(seconds, name, key, lambda: correct_under(
@@ -273,7 +274,7 @@ def masking_checks(model, data: EvalData, cfg, rows: dict, clean, standing: dict
     n = len(data.y)
     tol = max(100.0 / max(n, 1), 0.5)  # one sample, or half a point
     e_max = max(cfg.eval_eps)
-    key = f"{e_max:g}"
+    key = eps_key(e_max)
     large = CHECK["large_eps"] / 255
     large_pgd = PGD(large, 2.5 * large / CHECK["large_steps"], CHECK["large_steps"])
     large_acc = _pct(timed(seconds, "pgd_large (check)", f"{CHECK['large_eps']}", lambda: correct_under(
@@ -329,7 +330,7 @@ def table(report: dict) -> str:
     lines = ["| attack | clean | " + " | ".join(f"ε={e:g}/255" for e in eps) + " |",
              "|---|---|" + "---|" * len(eps)]
     for name, by_eps in attacks.items():
-        cells = [f"{by_eps[f'{e:g}']:.1f}" if f"{e:g}" in by_eps else "" for e in eps]
+        cells = [f"{by_eps[eps_key(e)]:.1f}" if eps_key(e) in by_eps else "" for e in eps]
         label = f"**{name}**" if name == "worst_case" else name
         lines.append(f"| {label} | {report['clean']:.1f} | " + " | ".join(cells) + " |")
     s = report["settings"]

@@ -121,10 +121,9 @@ def load_checkpoint(path: Path, device) -> dict:
 
 
 def _is_run(folder: Path) -> bool:
-    """``config.json`` of a run (its kind, or the training config of a run from before kinds)."""
+    """``config.json`` of a run (its kind says so)."""
     try:
-        saved = json.loads((folder / "config.json").read_text())
-        return saved.get("kind") == RUN_KIND or "method" in saved.get("config", {})
+        return json.loads((folder / "config.json").read_text()).get("kind") == RUN_KIND
     except (OSError, ValueError, AttributeError, TypeError):
         return False
 
