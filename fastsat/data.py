@@ -8,8 +8,9 @@ the ``indices`` given (a holdout split, an evaluation sample):
     no ffcv needed) and held on the device, batches gathered there (no host→device traffic).
 Saliency bits go to the SAT kernel untouched; augmentation happens after it (``augment.py``).
 Two maps asked for (``--sal-mix``) are mixed here, per sample, from the step's own stream
-(:func:`mix_saliency`), so a batch always carries one map. Samples a beton marks ``has_sal = 0`` (written without a map) get fresh random bits in every batch
-(drawn from (seed, epoch, batch)), so SAT gives them pure noise rather than a fake all −1 map.
+(:func:`mix_saliency`), so a batch always carries one map. Samples a beton marks ``has_sal = 0``
+(written without a map) get fresh random bits in every batch (drawn from (seed, epoch, batch)),
+so SAT gives them pure noise rather than a fake all −1 map.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from .ffcv_import import available as ffcv_available
 from .ffcv_import import ffcv
 from .kernels.spec import derive_seed
 from .reader import BetonReader
-
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +172,8 @@ class ResidentBatches(_Batches):
         reader = BetonReader(info.path)
         names = ["image", "label", *fields, *([None] * (2 - len(fields))), "has_sal" if self.flagged else None]
         self.tensors = [None if n is None else torch.from_numpy(reader.read(n, indices)).to(device) for n in names]
-        self.rows = torch.as_tensor(np.arange(info.num_samples) if indices is None else np.asarray(indices))
+        rows = np.arange(info.num_samples) if indices is None else np.asarray(indices)
+        self.rows = torch.as_tensor(rows).to(device)  # beside the samples: no host sync per batch
         self.batch_size, self.train = batch_size, train
 
     def __len__(self):
@@ -189,7 +190,7 @@ class ResidentBatches(_Batches):
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             stored = (None if t is None else t[idx] for t in self.tensors)
-            yield self.batch(*stored, epoch, i, indices=self.rows[idx.cpu()])
+            yield self.batch(*stored, epoch, i, indices=self.rows[idx])
 
 
 def order_seed(seed: int) -> int:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from fastsat.attacks import FGSMRS, PGD, SaliencyAttack, StoredMapAttack, UniformNoise
 from fastsat.config import TrainConfig
+from fastsat.data import Batch
 from fastsat.methods import training_loss
 from fastsat.models import build_model
 from fastsat.robustness import correct_under, eval_data, sample_indices
@@ -100,7 +101,7 @@ def test_trades_loss_matches_its_reference():
     y = torch.randint(0, 10, (16,))
     cfg = TrainConfig(method="trades", flip=False, pad=0, pgd_steps=2)
     reference = copy.deepcopy(model)  # BatchNorm's running statistics move with every train-mode pass
-    loss, _ = training_loss(cfg, model, x, y, p_random=1.0, seed=5)
+    loss, _ = training_loss(cfg, model, Batch(x, y), p_random=1.0, seed=5)
     model = reference
     # the attack as ours (same generator), then the loss written out as the TRADES reference does
     from fastsat.attacks import TradesAttack

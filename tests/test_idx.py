@@ -7,6 +7,7 @@ import torch
 
 from fastsat.beton import open_beton
 from fastsat.config import TrainConfig
+from fastsat.data import Batch
 from fastsat.kernels import bits as bitlayout
 from fastsat.methods import METHODS, train_step
 from fastsat.models import build_model
@@ -66,7 +67,7 @@ def test_one_channel_model_trains_with_every_method(name):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     cfg = TrainConfig(method=name, pgd_steps=2)
     for step in range(2):
-        loss, _ = train_step(cfg, model, opt, x, y, bits, p_random=0.9, seed=step, granularity="pixel")
+        loss, _ = train_step(cfg, model, opt, Batch(x, y, bits, "pixel"), p_random=0.9, seed=step)
         assert torch.isfinite(loss)
 
 
