@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, markdown_table, write_json  # noqa: E402
 from fastsat.beton import SaliencyMap, open_beton, write_beton  # noqa: E402
-from fastsat.data import make_batches  # noqa: E402
+from fastsat.data import Batch, make_batches  # noqa: E402
 from fastsat.kernels import bits as bitlayout  # noqa: E402
 from fastsat.writers import open_writer  # noqa: E402
 
@@ -64,7 +64,7 @@ def epoch_rate(iterable_fn, n_expected: int, epochs: int = 5) -> float:
     rates = []
     for _ in range(epochs):
         t0 = time.perf_counter()
-        seen = sum(len(batch[1]) for batch in iterable_fn())
+        seen = sum(len(b.y if isinstance(b, Batch) else b[1]) for b in iterable_fn())  # ours, or (x, y, ...)
         rates.append(seen / (time.perf_counter() - t0))
         assert seen >= n_expected * 0.9, (seen, n_expected)
     return float(np.median(rates))
