@@ -288,8 +288,21 @@ def claims(res: dict) -> str:
             f"for >, the difference is above 0; for ≥, above −{NI_MARGIN:g} point (non-inferiority margin); "
             f"*reversed* / *refuted* — the opposite; *unresolved* — neither. Holm's correction over all {n_tests} "
             f"tests of this table, family-wise α = {ALPHA_FAMILY:g}; a cell of a student that failed a masking check "
-            f"gets no verdict.")
+            f"gets no verdict. {reach(seeds, n_tests)}")
     return note + "\n\n" + "\n".join(lines) + "\n\n" + reading(table)
+
+
+def reach(seeds: int, n_tests: int) -> str:
+    """What the table can decide at all: the statistic the most significant cell must pass (Holm's
+    first step) and the one the last step needs, in standard errors of a difference."""
+    if not n_tests:
+        return ""
+    from scipy.stats import norm, t
+
+    dist, of = (t(seeds - 1), f"one-sided t, {seeds - 1} degrees of freedom") if seeds > 1 else (norm, "one-sided normal")
+    first, last = float(dist.isf(ALPHA_FAMILY / n_tests)), float(dist.isf(ALPHA_FAMILY))
+    return (f"What it can decide: the strongest cell is decided only if its difference lies {first:.1f} standard "
+            f"errors beyond the threshold ({of}, p ≤ α/{n_tests}); the last of Holm's steps needs {last:.1f}.")
 
 
 def reading(table: dict[str, dict]) -> str:

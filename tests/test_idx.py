@@ -206,3 +206,18 @@ def test_reproduce_refuses_fewer_than_one_seed(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "r"), "--seeds", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --seeds must be >= 1, got 0"] and not (tmp_path / "r").exists()
+
+
+def test_reach_is_the_bar_the_strongest_cell_must_pass():
+    """The note's "what it can decide" is Holm's first-step bar: a lone cell of 3 seeds holds just
+    above it and is unresolved just below."""
+    import re
+
+    from fastsat.reproduce import claim_cells, reach
+
+    bar = float(re.search(r"lies ([\d.]+) standard errors", reach(3, 4)).group(1))  # one claim: 2 cells, 2 tests each
+    for factor, verdict in ((1.02, "holds"), (0.98, "unresolved")):
+        d = bar * factor / 3 ** 0.5  # seed differences 1 − s, 1, 1 + s: mean 1, standard error s / √3
+        cells = claim_cells(_res({"sat (weak map)": [51.0 - 1 / d, 51.0, 51.0 + 1 / d], "noise": [50.0] * 3}))
+        cell = cells["SAT > noise (silhouette map)"][("PGD-5", "8")]
+        assert cell.d / cell.se == pytest.approx(bar * factor, rel=1e-3) and cell.verdict == verdict
