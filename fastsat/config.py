@@ -294,9 +294,15 @@ def upgrade(saved: dict) -> dict:
     return {k: v for k, v in values.items() if k in FIELDS}
 
 
+RUN_KIND = "fastsat-run"  # a run folder's config.json says so in its "kind": what makes a folder a run
+
+
 def read_config_file(path: Path) -> dict:
-    """A TOML / YAML / JSON file of TrainConfig keys; unknown keys are an error."""
+    """A TOML / YAML / JSON file of TrainConfig keys (unknown keys are an error), or a run folder's
+    config.json: that run's settings, in today's fields and units (train it again with --config)."""
     data = read_table(path)
+    if data.get("kind") == RUN_KIND and isinstance(data.get("config"), dict):
+        return upgrade(data["config"])
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise InputError(f"config file {path}: unknown keys {', '.join(unknown)}")

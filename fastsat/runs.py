@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .beton import BetonInfo, content_id
-from .config import TrainConfig, differing, provenance, saved_config, upgrade
+from .config import RUN_KIND, TrainConfig, differing, provenance, saved_config, upgrade
 from .errors import InputError
 from .files import atomic_write, atomic_write_text, pid_alive
 from .methods import METHODS
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
-RUN_KIND = "fastsat-run"  # config.json's "kind": what makes a folder recognisably a run
 
 
 def rank_world() -> tuple[int, int]:

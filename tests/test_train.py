@@ -1,4 +1,5 @@
 """fastsat.train end to end on the digits betons: bookkeeping, resume, config, bad input, DDP."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -34,6 +35,8 @@ def test_run_writes_everything(tmp_path, tiny_flags, capsys):
     assert set(robust["attacks"]) == {"pgd20", "autoattack", "saliency", "noise", "stored_map", "worst_case"}
     assert robust["n"] == 64 and robust["settings"]["seed"] == 0
     assert "| pgd20 |" in capsys.readouterr().out
+    again = load_config(["--config", str(out / "config.json"), "--out", str(tmp_path / "again")])  # train it again
+    assert {**dataclasses.asdict(again), "out": str(out), "units": "1/255"} == saved["config"]
 
 
 def test_resume_gives_the_same_metrics(tmp_path, tiny_flags):
