@@ -179,6 +179,7 @@ def results(summaries: dict[str, list[dict]], tests: dict[str, list[dict]]) -> d
     for label, ss in summaries.items():
         reports = [s["robustness"] for s in ss]
         out[label] = {"seeds": [s["seed"] for s in ss], "train_seconds": [s["train_seconds"] for s in ss],
+                      "selected": [s["selected"] for s in ss],
                       "masked": any(r.get("masked") for r in reports),
                       "worst case": {"n": reports[0]["n"], "acc": by_eps(reports, "worst_case")},
                       "PGD-5": {"n": tests[label][0]["n"], "acc": by_eps(tests[label], "pgd5")}}
@@ -340,9 +341,21 @@ def table(students: dict[str, list[dict]], tests: dict[str, list[dict]]) -> str:
         lines.append("| " + " | ".join([label, fmt([r["clean"] for r in rs])] +
                                        [fmt([r["attacks"]["pgd5"][e] for r in rs]) + mark for e in eps]) + " |")
     return (f"Default protocol on a stratified sample of n = {n_default} test images (95% interval of one "
-            f"accuracy: at most ± {half_width(n_default):.1f} points):\n\n{main}\n\n"
+            f"accuracy: at most ± {half_width(n_default):.1f} points):\n\n{main}\n\n{selections(students)}\n\n"
             f"Clean and PGD-5 (step 2/255, random start; the paper's attack) on n = {first['n']} test images "
             f"(at most ± {half_width(first['n']):.1f} points), same checkpoints:\n\n" + "\n".join(lines))
+
+
+def selections(students: dict[str, list[dict]]) -> str:
+    """The epoch each student's selection kept, per seed, with Eq. 9's P(random) in it where a map is used."""
+    from .methods import METHODS
+
+    def one(s: dict, uses_map: bool) -> str:
+        return str(s["selected"]["epoch"]) + (f" ({s['selected']['p_random']:.2f})" if uses_map else "")
+    rows = [f"{label}: " + ", ".join(one(s, METHODS.get(ss[0]["method"]).needs_saliency) for s in ss)
+            for label, ss in students.items()]
+    return ("Selected epoch per seed (from 0; in brackets, for students trained with a map, the mean P(random) of "
+            "Eq. 9 in that epoch — the share of elements the map did not drive): " + "; ".join(rows) + ".")
 
 
 @dataclass
@@ -385,8 +398,7 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
                              partial(student, steps, folder, cfg, FULL_TEST[args.budget])))
 
     def final() -> str:
-        summaries = {label: [json.loads((Path(c.out) / "summary.json").read_text()) for c in cs]
-                     for label, cs in students.items()}
+        summaries = {label: [selected(Path(c.out)) for c in cs] for label, cs in students.items()}
         tests = {label: [full_test(Path(c.out), c, FULL_TEST[args.budget]) for c in cs] for label, cs in students.items()}
         from .comparison import frontier
 
@@ -402,6 +414,16 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
         return text
 
     return todo, final
+
+
+def selected(run: Path) -> dict:
+    """A run's summary, its selected epoch with Eq. 9's mean P(random) in that epoch: how much of the
+    selected model's training the map (rather than random signs) drove."""
+    summary = json.loads((run / "summary.json").read_text())
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    epoch = summary["selected"]["epoch"]
+    summary["selected"] = {**summary["selected"], "p_random": next(m["p_random"] for m in lines if m["epoch"] == epoch)}
+    return summary
 
 
 def student_done(folder: Path) -> bool:

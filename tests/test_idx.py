@@ -112,6 +112,10 @@ def test_reproduce_quick_end_to_end(tmp_path):
     assert all(f"| {claim} |" in table for claim, *_ in CLAIMS)
     assert "| sat (weak map) > random signs |" in table and "Teachers and their maps are shared" in table
     res = json.loads((out / "results.json").read_text())
+    for label in ("sat (weak map)", "standard"):  # P(random) only where a map drives the perturbation
+        picks = res[label]["selected"]
+        assert [p["epoch"] for p in picks] == [0, 0] and all(0 < p["p_random"] < 1 for p in picks)
+        assert f"{label}: 0" + (f" ({picks[0]['p_random']:.2f}), 0 (" if label != "standard" else ", 0;") in table
     assert all(r["seeds"] == [0, 1] and len(r["PGD-5"]["acc"]["8"]) == 2 for r in res.values())
     assert (out / "frontier.png").stat().st_size > 1000 and (out / "grid_t_adv.png").stat().st_size > 1000
     record = json.loads((out / "reproduce.json").read_text())
