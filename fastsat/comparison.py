@@ -89,14 +89,17 @@ def side_by_side(by_method: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def frontier(by_method: dict[str, list[dict]], path: Path, eps: float, title: str) -> None:
+def frontier(by_method: dict[str, list[dict]], path: Path, eps: float, title: str,
+             cost: dict[str, float] | None = None) -> None:
+    """Robust accuracy at ``eps`` against cost: the runs' training time (mean ± 95% interval over
+    seeds), or ``cost``, seconds per training epoch timed under equal conditions, per method."""
     from .plots import save, spread_labels, subplots
 
     fig, ax = subplots(figsize=(6, 4))
     row = headline(next(iter(by_method.values()))[0]["robustness"])
     points = {}
     for label, summaries in by_method.items():
-        t, dt = mean_ci([s["train_seconds"] for s in summaries])
+        t, dt = (cost[label], 0.0) if cost else mean_ci([s["train_seconds"] for s in summaries])
         acc, dacc = mean_ci([s["robustness"]["attacks"][row][eps_key(eps)] for s in summaries])
         color = "#dd8452" if METHODS.get(summaries[0]["method"]).needs_saliency else "#4c72b0"
         masked = masked_seeds(summaries) > 0  # hollow, crossed and labelled: no verdict
@@ -111,7 +114,7 @@ def frontier(by_method: dict[str, list[dict]], path: Path, eps: float, title: st
                     arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5") if h > acc else None)
     ax.set_ylim(top=max(max(heights) + 0.1 * y_span, ax.get_ylim()[1]))
     ax.set_xlim(right=max(xs) + 0.2 * x_span)
-    ax.set_xlabel("training time (s)")
+    ax.set_xlabel("seconds per training epoch, timed one method after another" if cost else "training time (s)")
     ax.set_ylabel(f"{row.replace('_', ' ')} accuracy at ε={eps:g}/255 (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

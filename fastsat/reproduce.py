@@ -12,7 +12,10 @@
 5. each student's selected checkpoint evaluated twice: the default protocol (PGD-20, AutoAttack,
    worst case, masking checks) on a stratified sample of the test set, and clean accuracy with the
    paper's PGD-5 (plus the one-step saliency, stored-map and noise rows) on the whole test set;
-6. OUT/table.md (rows = methods, columns = ε), OUT/frontier.png, OUT/grid_<teacher>.png.
+6. every student's first training epoch timed again, one student after another in one process
+   (OUT/timing.json): the cost the table, the claims and the frontier use, since the students'
+   own wall times were taken beside other processes;
+7. OUT/table.md (rows = methods, columns = ε), OUT/frontier.png, OUT/grid_<teacher>.png.
 Every step is skipped when its output exists, so the whole can be completed across sittings
 (run the same command again); several processes running the same command on one folder share the
 steps (``--threads 1`` each on a small CPU machine). ``--budget quick`` is a minutes-long smoke run
@@ -169,10 +172,10 @@ NI_MARGIN = 1.0  # points: "≥" holds when the difference is shown to lie above
 ALPHA_FAMILY = 0.05  # family-wise error rate of one claims table (Holm over every test in it)
 
 
-def results(summaries: dict[str, list[dict]], tests: dict[str, list[dict]]) -> dict:
+def results(summaries: dict[str, list[dict]], tests: dict[str, list[dict]], timing: dict | None = None) -> dict:
     """The numbers the claims are read from, per student and seed (lists in seed order): the default
     protocol's worst case (on its sample) and the whole test set's PGD-5, with n, the masking
-    verdict and the training time."""
+    verdict, the training time, and (``timing``: OUT/timing.json) one epoch timed alone."""
     def by_eps(reports, row):
         return {e: [r["attacks"][row][e] for r in reports] for e in reports[0]["attacks"][row]}
     out = {}
@@ -183,6 +186,8 @@ def results(summaries: dict[str, list[dict]], tests: dict[str, list[dict]]) -> d
                       "masked": any(r.get("masked") for r in reports),
                       "worst case": {"n": reports[0]["n"], "acc": by_eps(reports, "worst_case")},
                       "PGD-5": {"n": tests[label][0]["n"], "acc": by_eps(tests[label], "pgd5")}}
+        if timing and label in timing:
+            out[label]["epoch_seconds"] = timing[label]["epoch_seconds"]
     return out
 
 
@@ -272,11 +277,14 @@ def claims(res: dict) -> str:
     if not table:
         return "No claim can be read: a student it compares is missing."
     cols = list(next(iter(table.values())))
-    head = ["claim"] + [f"{g} ε={e}/255" for g, e in cols] + ["train s, left / right"]
+    timed = all("epoch_seconds" in r for r in res.values())
+    head = ["claim"] + [f"{g} ε={e}/255" for g, e in cols] + [
+        "epoch s (timed alone), left / right" if timed else "train s, left / right"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for claim, left, right, _ in CLAIMS:
         if claim in table:
-            t_left, t_right = (float(np.mean(res[x]["train_seconds"])) for x in (left, right))
+            t_left, t_right = (res[x]["epoch_seconds"] if timed else float(np.mean(res[x]["train_seconds"]))
+                               for x in (left, right))
             cost = f"{t_left:.0f} / {t_right:.0f} ({t_left / max(t_right, 1e-9):.2f}×)"
             lines.append("| " + " | ".join([claim] + [table[claim][c].text() for c in cols] + [cost]) + " |")
     n_tests = 2 * sum(not c.masked for row in table.values() for c in row.values())
@@ -386,7 +394,37 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
     todo.append(Step("grids", tuple(f"teacher {t}" for t in TEACHERS),
                      lambda: all((out / f"grid_{t}.png").is_file() for t in TEACHERS),
                      partial(grids, out, test, args.device)))
-    students: dict[str, list[TrainConfig]] = {}  # per label, one config per seed; teachers are shared
+    students, trained = student_steps(out, args, base, steps)
+    todo += trained
+    todo.append(Step("timing", tuple(s.name for s in trained), partial(timing_done, out, students),
+                     partial(time_students, out, students)))
+
+    def final() -> str:
+        summaries = {label: [selected(Path(c.out)) for c in cs] for label, cs in students.items()}
+        tests = {label: [full_test(Path(c.out), c, FULL_TEST[args.budget]) for c in cs] for label, cs in students.items()}
+        from .comparison import frontier
+
+        timing = json.loads((out / "timing.json").read_text())
+        res = results(summaries, tests, timing)
+        atomic_write_text(out / "results.json", json.dumps(res, indent=1))
+        shared = (f"Teachers and their maps are shared by every seed (trained with seed {args.seed}); each student is "
+                  f"trained and graded once per seed ({args.seeds}).\n\n" if args.seeds > 1 else "")
+        text = (shared + table(summaries, tests) + "\n\n" + costs(timing) +
+                "\n\nThe paper's claims on this data:\n\n" + claims(res))
+        frontier(summaries, out / "frontier.png", max(base.eval_eps),
+                 f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}",
+                 cost={label: t["epoch_seconds"] for label, t in timing.items()})
+        atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"
+                          f"Command: `{steps.record['command']}`\n")
+        return text
+
+    return todo, final
+
+
+def student_steps(out: Path, args, base: TrainConfig, steps: Steps) -> tuple[dict[str, list[TrainConfig]], list[Step]]:
+    """Per label, one config per seed (teachers are shared), and the step that trains and grades each."""
+    students: dict[str, list[TrainConfig]] = {}
+    todo = []
     for label, (method, beton, extra) in STUDENTS.items():
         train = steps.path("base" if beton == "train" else beton)
         for seed in range(args.seed, args.seed + args.seeds):
@@ -396,24 +434,18 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
             todo.append(Step(f"student {label}" + (f" seed {seed}" if args.seeds > 1 else ""),
                              (f"beton {beton}", "beton test"), partial(student_done, folder),
                              partial(student, steps, folder, cfg, FULL_TEST[args.budget])))
+    return students, todo
 
-    def final() -> str:
-        summaries = {label: [selected(Path(c.out)) for c in cs] for label, cs in students.items()}
-        tests = {label: [full_test(Path(c.out), c, FULL_TEST[args.budget]) for c in cs] for label, cs in students.items()}
-        from .comparison import frontier
 
-        res = results(summaries, tests)
-        atomic_write_text(out / "results.json", json.dumps(res, indent=1))
-        shared = (f"Teachers and their maps are shared by every seed (trained with seed {args.seed}); each student is "
-                  f"trained and graded once per seed ({args.seeds}).\n\n" if args.seeds > 1 else "")
-        text = shared + table(summaries, tests) + "\n\nThe paper's claims on this data:\n\n" + claims(res)
-        frontier(summaries, out / "frontier.png", max(base.eval_eps),
-                 f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}")
-        atomic_write_text(out / "table.md", f"# {args.dataset}, budget {args.budget}\n\n{text}\n\n"
-                          f"Command: `{steps.record['command']}`\n")
-        return text
-
-    return todo, final
+def costs(timing: dict) -> str:
+    """The timed epochs as one sentence, each relative to the first student's (standard training)."""
+    first, t = next(iter(timing.items()))
+    each = "; ".join(f"{label} {v['epoch_seconds']:.0f} s ({v['epoch_seconds'] / t['epoch_seconds']:.2f}×)"
+                     for label, v in timing.items())
+    return (f"Cost: one training epoch ({t['steps']} steps) of each student, timed again one student after another "
+            f"in one process ({t['threads']} thread{'s' if t['threads'] > 1 else ''}), after every student was "
+            f"done (the train-s column was taken beside other processes, so it does not compare across rows): "
+            f"{each} (× {first}'s).")
 
 
 def selected(run: Path) -> dict:
@@ -424,6 +456,33 @@ def selected(run: Path) -> dict:
     epoch = summary["selected"]["epoch"]
     summary["selected"] = {**summary["selected"], "p_random": next(m["p_random"] for m in lines if m["epoch"] == epoch)}
     return summary
+
+
+def time_students(out: Path, students: dict[str, list[TrainConfig]]) -> None:
+    """OUT/timing.json: per student (its first seed's settings), the seconds of one training epoch
+    (epoch 0: loader, Eq. 9 or the attack, forward, backward, step; no holdout evaluation), timed in
+    this process one student after another, so that the costs compare. Each label is recorded as it
+    is done (a killed timing resumes); the scratch run folder is removed."""
+    import shutil
+
+    from .trainer import setup, train_epoch
+
+    path, scratch = out / "timing.json", out / "timing_run"
+    timed = json.loads(path.read_text()) if path.is_file() else {}
+    for label, cfgs in students.items():
+        if label in timed:
+            continue
+        run = setup(replace(cfgs[0], out=str(scratch), overwrite=True), progress=True)
+        line = train_epoch(run, 0)
+        timed[label] = {"epoch_seconds": line["epoch_seconds"], "steps": len(run.batches),
+                        "threads": torch.get_num_threads(), "pid": os.getpid()}
+        atomic_write_text(path, json.dumps(timed, indent=1))
+        shutil.rmtree(scratch)
+
+
+def timing_done(out: Path, students: dict) -> bool:
+    path = out / "timing.json"
+    return path.is_file() and set(students) <= set(json.loads(path.read_text()))
 
 
 def student_done(folder: Path) -> bool:

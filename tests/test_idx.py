@@ -118,6 +118,10 @@ def test_reproduce_quick_end_to_end(tmp_path):
         assert f"{label}: 0" + (f" ({picks[0]['p_random']:.2f}), 0 (" if label != "standard" else ", 0;") in table
     assert all(r["seeds"] == [0, 1] and len(r["PGD-5"]["acc"]["8"]) == 2 for r in res.values())
     assert (out / "frontier.png").stat().st_size > 1000 and (out / "grid_t_adv.png").stat().st_size > 1000
+    timing = json.loads((out / "timing.json").read_text())  # one epoch per student, timed one after another
+    assert list(timing) == list(STUDENTS) and all(t["epoch_seconds"] > 0 and t["steps"] > 0 for t in timing.values())
+    assert not (out / "timing_run").exists() and all(res[k]["epoch_seconds"] == timing[k]["epoch_seconds"] for k in res)
+    assert "Cost: one training epoch" in table and "epoch s (timed alone), left / right" in table
     record = json.loads((out / "reproduce.json").read_text())
     trained = [k for k in record["steps"] if k.startswith("train students")]
     assert len(trained) == 2 * len(STUDENTS)
