@@ -451,10 +451,12 @@ def costs(timing: dict) -> str:
 def selected(run: Path) -> dict:
     """A run's summary, its selected epoch with Eq. 9's mean P(random) in that epoch: how much of the
     selected model's training the map (rather than random signs) drove."""
+    from .runs import metrics
+
     summary = json.loads((run / "summary.json").read_text())
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     epoch = summary["selected"]["epoch"]
-    summary["selected"] = {**summary["selected"], "p_random": next(m["p_random"] for m in lines if m["epoch"] == epoch)}
+    p = next(m["p_random"] for m in metrics(run) if m["epoch"] == epoch)
+    summary["selected"] = {**summary["selected"], "p_random": p}
     return summary
 
 

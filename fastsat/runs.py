@@ -285,13 +285,17 @@ def write_config(run: Run, hold_idx: np.ndarray) -> None:
     (run.out / "metrics.jsonl").unlink(missing_ok=True)
 
 
+def metrics(out: Path) -> list[dict]:
+    """A run folder's metrics.jsonl, one dict per epoch line."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def read_history(run: Run) -> list[dict]:
     """metrics.jsonl up to the checkpoint's epoch (lines of epochs it did not save are dropped)."""
     path = run.out / "metrics.jsonl"
     if run.state is None or not path.is_file():
         return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [m for m in lines if m["epoch"] < run.state["epoch"]]
+    kept = [m for m in metrics(run.out) if m["epoch"] < run.state["epoch"]]
     if run.rank == 0:
         atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in kept))
     return kept
@@ -319,7 +323,7 @@ def write_csv(out: Path) -> None:
     import csv
     import io
 
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    lines = metrics(out)
     fields = list(dict.fromkeys(k for m in lines for k in m))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
