@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .beton import open_beton
+from .beton import content_id, manifest_path, open_beton
 from .comparison import MASKED, fmt, run_one, side_by_side
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
@@ -124,8 +124,23 @@ class Steps:
         maps = {k: self.out / "teachers" / v / TEACHERS[v][1] if v in TEACHERS else v for k, v in (maps or {}).items()}
         write_dataset(self.args.dataset, split, path, device=self.args.device, root=self.args.root,
                       **maps)  # its errors (and Ctrl-C) reach reproduce's one error line
+        self.same_as_trained_on(path)
         self.done(f"beton {path.name}", time.perf_counter() - t0)
         return path
+
+    def same_as_trained_on(self, path: Path) -> None:
+        """A beton written again (a fresh clone keeps the runs' records, not their betons) must hold
+        what the finished runs recorded having used, or one study would mix two versions of a map."""
+        now = content_id(open_beton(path).manifest)
+        for record in sorted(self.out.glob("*/**/config.json")):
+            saved = json.loads(record.read_text())
+            for name in ("train", "val"):
+                had = saved.get("data", {}).get(name)
+                if Path(saved.get("config", {}).get(name, "")) == path and had not in (None, now):
+                    path.unlink()
+                    manifest_path(path).unlink()
+                    raise InputError(f"{path} written again differs from the one {record.parent} used "
+                                     f"(content {had[:12]}… → {now[:12]}…)")
 
     def train(self, folder: Path, cfg: TrainConfig) -> dict:
         fresh, t0 = not (folder / "summary.json").is_file(), time.perf_counter()
@@ -492,6 +507,8 @@ def student_done(folder: Path) -> bool:
 
 
 def student(steps: Steps, folder: Path, cfg: TrainConfig, limit: int) -> None:
+    if (folder / "summary.json").is_file() and not (folder / "best.pt").is_file():
+        cfg = replace(cfg, overwrite=True)  # trained, not yet graded, and its checkpoint not kept: again
     steps.train(folder, cfg)
     full_test(folder, cfg, limit)
 
@@ -523,13 +540,31 @@ def reproduce(args) -> str:
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
     out = args.out
+    if args.status and not out.is_dir():
+        raise InputError(f"{out}: no reproduction there yet")
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = Steps(out, args)
     plan_, final = plan(out, args, steps)
+    if args.status:
+        return status(out, plan_)
     run_plan(out, plan_)
     return final()
+
+
+def status(out: Path, plan: list[Step]) -> str:
+    """Which steps are done, running (claimed by a process), ready to start, or waiting for others;
+    nothing is run."""
+    done = {s.name for s in plan if s.done()}
+    state = {}
+    for s in (s for s in plan if s.name not in done):
+        with Claim(out / slug(s.name)) as free:
+            state[s.name] = "waiting" if not all(n in done for n in s.needs) else "ready" if free else "running"
+    lines = [f"{len(done)} of {len(plan)} steps done"]
+    for kind in ("running", "ready", "waiting"):
+        lines.append(f"{kind}: " + (", ".join(n for n, k in state.items() if k == kind) or "none"))
+    return "\n".join(lines)
 
 
 def grids(out: Path, test_beton: Path, device: str) -> None:
@@ -565,6 +600,8 @@ def parser() -> ArgumentParser:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads of this process (0: torch's default). Several processes may run the "
                          "same command on one --out at once: each step is done by one of them")
+    ap.add_argument("--status", action="store_true",
+                    help="print which steps are done, ready and waiting, and run nothing")
     return ap
 
 
