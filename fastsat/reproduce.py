@@ -557,10 +557,10 @@ def status(out: Path, plan: list[Step]) -> str:
     """Which steps are done, running (claimed by a process), ready to start, or waiting for others;
     nothing is run."""
     done = {s.name for s in plan if s.done()}
-    state = {}
-    for s in (s for s in plan if s.name not in done):
-        with Claim(out / slug(s.name)) as free:
-            state[s.name] = "waiting" if not all(n in done for n in s.needs) else "ready" if free else "running"
+    state = {s.name: "waiting" for s in plan if s.name not in done}
+    for s in (s for s in plan if s.name in state and all(n in done for n in s.needs)):
+        with Claim(out / slug(s.name)) as free:  # held: a live process is doing it
+            state[s.name] = "ready" if free else "running"
     lines = [f"{len(done)} of {len(plan)} steps done"]
     for kind in ("running", "ready", "waiting"):
         lines.append(f"{kind}: " + (", ".join(n for n, k in state.items() if k == kind) or "none"))
@@ -601,7 +601,8 @@ def parser() -> ArgumentParser:
                     help="torch threads of this process (0: torch's default). Several processes may run the "
                          "same command on one --out at once: each step is done by one of them")
     ap.add_argument("--status", action="store_true",
-                    help="print which steps are done, ready and waiting, and run nothing")
+                    help="print which steps are done, running (held by a live process), ready and waiting, "
+                         "and run nothing")
     return ap
 
 

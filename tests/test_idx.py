@@ -261,6 +261,20 @@ def test_claims_over_seeds_use_the_seed_paired_differences():
     assert flipping["SAT > noise (silhouette map)"][("PGD-5", "8")].verdict == "unresolved"
 
 
+def test_status_tells_running_from_ready_and_waiting(tmp_path):
+    """A step whose claim a live process holds is running; one whose needs are done is ready; the rest wait."""
+    from fastsat.files import Claim
+    from fastsat.reproduce import Step, status
+
+    never = lambda: False  # noqa: E731
+    plan = [Step("a", (), lambda: True, None), Step("b", ("a",), never, None), Step("c", ("a",), never, None),
+            Step("d", ("b",), never, None)]
+    with Claim(tmp_path / "b"):
+        lines = status(tmp_path, plan).splitlines()
+    assert lines == ["1 of 4 steps done", "running: b", "ready: c", "waiting: d"]
+    assert status(tmp_path, plan).splitlines()[1:3] == ["running: none", "ready: b, c"]
+
+
 def test_reproduce_refuses_fewer_than_one_seed(tmp_path, capsys):
     from fastsat.reproduce import main
 
