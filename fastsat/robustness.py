@@ -287,12 +287,7 @@ def masking_checks(model, data: EvalData, cfg, rows: dict, clean, standing: dict
         white &= rows[name][key]
     broke = _pct(white & ~rows["square"][key])
     checks = [
-        flag("monotone_in_steps", all(by_steps[a] <= by_steps[b] + tol for a, b in zip(CHECK["steps"][1:], CHECK["steps"])),
-             f"PGD accuracy at ε={key}/255 by steps: " + ", ".join(f"{k}: {v:.1f}" for k, v in by_steps.items()),
-             {"eps": e_max, "by_steps": by_steps, "tolerance": tol}),
-        flag("pgd_converged", by_steps[20] - by_steps[40] <= max(CHECK["converged_points"], tol),
-             f"PGD-20 {by_steps[20]:.1f} vs PGD-40 {by_steps[40]:.1f} at ε={key}/255 (tolerance "
-             f"{max(CHECK['converged_points'], tol):.1f} points)", {"pgd20": by_steps[20], "pgd40": by_steps[40]}),
+        *step_flags(by_steps, tol, e_max),
         flag("large_eps_breaks", large_acc <= max(CHECK["large_max_acc"], tol),
              f"PGD-{CHECK['large_steps']} at ε={CHECK['large_eps']}/255: {large_acc:.1f}% (expected ≈ 0)",
              {"accuracy": large_acc}),
@@ -302,6 +297,23 @@ def masking_checks(model, data: EvalData, cfg, rows: dict, clean, standing: dict
              {"square_broke": broke, "white_box": _pct(white), "tolerance": tol}),
     ]
     return {"checks": checks, "tolerance": tol}
+
+
+def step_flags(by_steps: dict, tol: float, eps: float) -> list:
+    """PGD accuracy by step count must not rise with more steps (``monotone_in_steps``) nor keep
+    falling after 20 (``pgd_converged``). Both allow the same margin, at least
+    ``CHECK["converged_points"]``: PGD-20 and PGD-40 start from different random points, and on a
+    few hundred samples that alone moves their accuracies apart by a few samples either way."""
+    margin = max(CHECK["converged_points"], tol)
+    steps, key = CHECK["steps"], eps_key(eps)
+    return [
+        flag("monotone_in_steps", all(by_steps[a] <= by_steps[b] + margin for a, b in zip(steps[1:], steps)),
+             f"PGD accuracy at ε={key}/255 by steps: " + ", ".join(f"{k}: {v:.1f}" for k, v in by_steps.items())
+             + f" (tolerance {margin:.1f} points)", {"eps": eps, "by_steps": by_steps, "tolerance": margin}),
+        flag("pgd_converged", by_steps[20] - by_steps[40] <= margin,
+             f"PGD-20 {by_steps[20]:.1f} vs PGD-40 {by_steps[40]:.1f} at ε={key}/255 (tolerance "
+             f"{margin:.1f} points)", {"pgd20": by_steps[20], "pgd40": by_steps[40]}),
+    ]
 
 
 def flag(name: str, passed: bool, detail: str, numbers: dict) -> dict:

@@ -14,7 +14,7 @@ from fastsat.compare import main as compare_main
 from fastsat.config import TrainConfig
 from fastsat.errors import MASKED_EXIT
 from fastsat.evaluate import main as evaluate_main
-from fastsat.robustness import robustness, table, white_box_rows
+from fastsat.robustness import robustness, step_flags, table, white_box_rows
 from fastsat.train import main as train_main
 
 from test_robustness import Quantised as QuantisedBy
@@ -138,6 +138,19 @@ def test_masked_models_are_marked_and_the_worst_case_counts_the_checks(trained, 
     assert rows["worst_case"]["8"] <= best
     assert rows["worst_case"]["8"] <= rows["square"]["8"] < rows["pgd20"]["8"]  # Square breaks what PGD cannot
     assert "black_box_not_better" in report["failed_checks"]
+
+
+@pytest.mark.parametrize("by_steps, passed", [
+    ({5: 26.0, 20: 12.8, 40: 13.4}, (True, True)),  # PGD-40 keeps 3 of 500 more: other random starts
+    ({5: 26.0, 20: 12.8, 40: 15.0}, (False, True)),  # 2.2 points more with more steps
+    ({5: 20.0, 20: 26.0, 40: 26.0}, (False, True)),  # more steps, more correct: masked gradients
+    ({5: 30.0, 20: 20.0, 40: 17.0}, (True, False)),  # still falling after 20 steps
+])
+def test_step_checks_allow_what_random_starts_move_and_flag_more(by_steps, passed):
+    flags = step_flags(by_steps, tol=0.2, eps=8)  # 500 samples: one is 0.2 points
+    assert [f["name"] for f in flags] == ["monotone_in_steps", "pgd_converged"]
+    assert tuple(f["passed"] for f in flags) == passed
+    assert all(f["numbers"].get("tolerance", 2.0) == 2.0 for f in flags)
 
 
 def test_black_box_check_never_compares_square_with_itself():
