@@ -7,6 +7,7 @@ layer (``kernels``, ``writers``, ``fastsat``) may raise it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -22,8 +23,10 @@ def run_cli(body: Callable[[], object]) -> int:
     """Run an entry point's ``body`` (flag parsing included); an InputError becomes ``error: …`` on
     stderr and exit code 2.
 
-    ``body`` returns text to print on success (or None), or ``(text, exit code)``. Nothing else is
-    caught: a bug keeps its traceback."""
+    ``body`` returns text to print on success (or None), or ``(text, exit code)``. A reader that
+    goes away before that text is printed (``… --status | head -1``) ends the command as a pipe's
+    writer ends, quietly with 141 (128 + SIGPIPE). Nothing else is caught: a bug keeps its
+    traceback."""
     try:
         text = body()
         text, code = text if isinstance(text, tuple) else (text, 0)
@@ -34,7 +37,11 @@ def run_cli(body: Callable[[], object]) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     if text:
-        print(text)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 141
     return code
 
 
