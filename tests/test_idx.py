@@ -232,7 +232,8 @@ def test_reading_says_no_more_than_the_cells():
 
 
 def test_committed_claims_are_generated_from_the_committed_numbers():
-    """docs/fm/table.md's claims and the README's reading of them are what the numbers give."""
+    """docs/fm/table.md's claims and the README's reading of them are what the numbers give, and the
+    README's table rows are table.md's."""
     import json
 
     from fastsat.reproduce import claim_cells, claims, reading
@@ -246,6 +247,9 @@ def test_committed_claims_are_generated_from_the_committed_numbers():
     assert claims(res) in (root / "docs/fm/table.md").read_text()
     block = readme.split("<!-- claims:fm -->\n")[1].split("\n<!-- /claims:fm -->")[0]
     assert block == reading(claim_cells(res))
+    section = readme.split("## The paper's protocol on Fashion-MNIST")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    assert rows and set(rows) <= set((root / "docs/fm/table.md").read_text().splitlines())  # copied, not retyped
 
 
 def test_claims_over_seeds_use_the_seed_paired_differences():
