@@ -98,20 +98,6 @@ def big_cifar(tmp_path_factory):
 
 # ---- write_beton -----------------------------------------------------------------------------
 
-def test_a_reader_that_goes_away_ends_the_output_quietly():
-    """``python -m fastsat.reproduce --status | head -1``: once the reader has closed the pipe, the
-    entry point stops as a pipe's writer does (141, no traceback)."""
-    read, write = os.pipe()
-    os.close(read)
-    body = "import sys; from fastsat.errors import run_cli; sys.exit(run_cli(lambda: 'step: done\\n' * 20000))"
-    try:
-        p = subprocess.run([sys.executable, "-c", body], stdout=write, stderr=subprocess.PIPE,
-                           cwd=ROOT, timeout=120)
-    finally:
-        os.close(write)
-    assert (p.returncode, p.stderr.decode()) == (141, "")
-
-
 def test_killed_write_leaves_nothing_and_no_process(big_cifar, tmp_path):
     out = tmp_path / "big.beton"
     proc = start(["fastsat.write_beton", "--dataset", "cifar10", "--root", str(big_cifar), "--out", str(out),
@@ -344,6 +330,20 @@ def test_stale_checkpoint_temporaries_are_removed(tmp_path, tiny_flags):
 
 
 # ---- flags -----------------------------------------------------------------------------------
+
+def test_a_reader_that_goes_away_ends_the_output_quietly():
+    """``python -m fastsat.reproduce --status | head -1``: once the reader has closed the pipe, the
+    entry point stops as a pipe's writer does (141, no traceback)."""
+    read, write = os.pipe()
+    os.close(read)
+    body = "import sys; from fastsat.errors import run_cli; sys.exit(run_cli(lambda: 'step: done\\n' * 20000))"
+    try:
+        p = subprocess.run([sys.executable, "-c", body], stdout=write, stderr=subprocess.PIPE,
+                           cwd=ROOT, timeout=120)
+    finally:
+        os.close(write)
+    assert (p.returncode, p.stderr.decode()) == (141, "")
+
 
 TRAIN_BAD = [["--lr", "-1"], ["--pad", "-3"], ["--width", "-1"], ["--width", "0"], ["--eval-eps", "abc"],
              ["--out", "__file__"], ["--holdout", "0"], ["--holdout", "99999"], ["--epochs", "0"],
