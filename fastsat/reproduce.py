@@ -95,8 +95,9 @@ def slug(label: str) -> str:
 class Steps:
     """Where each output lives, and a record of what ran (OUT/reproduce.json)."""
 
-    def __init__(self, out: Path, args):
+    def __init__(self, out: Path, args, teachers: Path | None = None):
         self.out, self.args = out, args
+        self.teachers = teachers or out / "teachers"  # where the teachers whose maps are written live
         self.record_path = out / "reproduce.json"
         self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {
             "command": command(args), "budget": args.budget,
@@ -121,7 +122,7 @@ class Steps:
             return path
         t0 = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
-        maps = {k: self.out / "teachers" / v / TEACHERS[v][1] if v in TEACHERS else v for k, v in (maps or {}).items()}
+        maps = {k: self.teachers / v / TEACHERS[v][1] if v in TEACHERS else v for k, v in (maps or {}).items()}
         write_dataset(self.args.dataset, split, path, device=self.args.device, root=self.args.root,
                       **maps)  # its errors (and Ctrl-C) reach reproduce's one error line
         self.same_as_trained_on(path)
