@@ -19,6 +19,7 @@ from .config import TrainConfig, differing, eps_key, role_names, upgrade
 from .errors import InputError
 from .files import atomic_write_text
 from .methods import METHODS
+from .stats import fmt, mean_ci
 from .trainer import train
 
 
@@ -27,23 +28,6 @@ def headline(report: dict) -> str:
     rows = report["attacks"]
     return "worst_case" if "worst_case" in rows and report["settings"]["protocol"] == "default" else \
         max((r for r in rows if r.startswith("pgd")), key=lambda r: int(r[3:]))
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t interval (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    from scipy.stats import t
-
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-
-
-def fmt(values: list[float], digits: int = 1) -> str:
-    mean, half = mean_ci(values)
-    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if len(values) > 1 else "")
 
 
 MASKED = "(masked)"  # beside every robust number of a run that failed a gradient-masking check

@@ -24,23 +24,24 @@ of the same steps.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .beton import content_id, manifest_path, open_beton
-from .comparison import MASKED, fmt, run_one, side_by_side
+from .comparison import MASKED, run_one, side_by_side
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
-from .files import Claim, Locked, atomic_write_text
+from .files import Locked, atomic_write_text
+from .schedule import Step, run_plan, slug, status
+from .stats import claims, fmt, half_width
 from .write_beton import write_dataset
 
 BUDGETS = {  # TrainConfig settings per budget (the model and epochs every run shares)
@@ -86,10 +87,6 @@ def command(args) -> str:
     root = f" --root {args.root}" if args.root else ""
     return (f"python -m fastsat.reproduce --dataset {args.dataset}{root} --budget {args.budget} --out {args.out} "
             f"--device {args.device} --seed {args.seed}" + (f" --seeds {args.seeds}" if args.seeds > 1 else ""))
-
-
-def slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label).strip("_").replace("__", "_")
 
 
 class Steps:
@@ -184,8 +181,6 @@ CLAIMS = [  # the paper's claims: (claim, left student, right student, "better" 
       for label in ("sat (weak map)", "sat (std-teacher GBP)", "sat (adv-teacher GBP)", "sat (adv-teacher box)",
                     "sat (GBP + box mixed)")],
 ]
-NI_MARGIN = 1.0  # points: "≥" holds when the difference is shown to lie above −1 point (non-inferiority)
-ALPHA_FAMILY = 0.05  # family-wise error rate of one claims table (Holm over every test in it)
 
 
 def results(summaries: dict[str, list[dict]], tests: dict[str, list[dict]], timing: dict | None = None) -> dict:
@@ -205,150 +200,6 @@ def results(summaries: dict[str, list[dict]], tests: dict[str, list[dict]], timi
         if timing and label in timing:
             out[label]["epoch_seconds"] = timing[label]["epoch_seconds"]
     return out
-
-
-def _normal_sf(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def holm(pvalues: list[float], alpha: float = ALPHA_FAMILY) -> list[bool]:
-    """Holm's step-down procedure: which hypotheses are rejected at family-wise level ``alpha``."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    rejected = [False] * len(pvalues)
-    for rank, i in enumerate(order):
-        if pvalues[i] > alpha / (len(pvalues) - rank):
-            break
-        rejected[i] = True
-    return rejected
-
-
-@dataclass
-class Cell:
-    """One claim at one grading and ε: the difference left − right (points), its standard error and
-    degrees of freedom (None: one seed, the normal approximation of two accuracies on the test
-    sample; else the seed-paired t over the per-seed differences), and the two one-sided tests."""
-    d: float
-    se: float
-    df: Optional[int]
-    kind: str
-    masked: bool
-    sample_margin: float  # 95% half-width of one seed's difference from the test sample alone
-    verdict: str = "unresolved"
-
-    def pvalues(self) -> tuple[float, float]:
-        """One-sided p of "holds" (d > 0, or d > −margin for ≥) and of its opposite."""
-        shift = 0.0 if self.kind == "better" else -NI_MARGIN
-        z = (self.d - shift) / max(self.se, 1e-12)
-        if self.df is None:
-            return _normal_sf(z), _normal_sf(-z)
-        from scipy.stats import t
-
-        return float(t.sf(z, self.df)), float(t.sf(-z, self.df))
-
-    def half_width(self) -> float:
-        if self.df is None:
-            return 1.96 * self.se
-        from scipy.stats import t
-
-        return float(t.ppf(0.975, self.df)) * self.se
-
-    def text(self) -> str:
-        if self.masked:
-            return f"{self.d:+.1f} masked: no verdict"
-        spread = f" (±{self.half_width():.1f}" + (f"; sample ±{self.sample_margin:.1f})" if self.df else ")")
-        return f"{self.d:+.1f} {self.verdict}" + (spread if self.verdict == "unresolved" or self.df else "")
-
-
-def _cell(a: dict, b: dict, e: str, kind: str, masked: bool) -> Cell:
-    """The cell of accuracies ``a`` (left) and ``b`` (right) at ε ``e``, each a list over seeds."""
-    left, right = np.asarray(a["acc"][e], float), np.asarray(b["acc"][e], float)
-    pa, pb = left.mean() / 100, right.mean() / 100
-    sample = math.hypot(half_width(a["n"], pa), half_width(b["n"], pb)) / 1.96  # s.e. of one seed's difference
-    diffs = left - right
-    if len(diffs) < 2:
-        return Cell(float(diffs[0]), sample, None, kind, masked, 1.96 * sample)
-    return Cell(float(diffs.mean()), float(diffs.std(ddof=1) / math.sqrt(len(diffs))), len(diffs) - 1, kind, masked,
-                1.96 * sample)
-
-
-def claim_cells(res: dict) -> dict[str, dict[tuple[str, str], Cell]]:
-    """Every claim's cells, decided together: Holm over the two one-sided tests of every unmasked cell."""
-    table = {}
-    for claim, left, right, kind in CLAIMS:
-        if left not in res or right not in res:
-            continue
-        masked = res[left]["masked"] or res[right]["masked"]
-        table[claim] = {(g, e): _cell(res[left][g], res[right][g], e, kind, masked)
-                        for g in ("PGD-5", "worst case") for e in sorted(res[left][g]["acc"], key=float)}
-    live = [c for row in table.values() for c in row.values() if not c.masked]
-    decided = holm([p for c in live for p in c.pvalues()])
-    for c, (yes, no) in zip(live, zip(decided[::2], decided[1::2])):
-        c.verdict = "holds" if yes else ("reversed" if c.kind == "better" else "refuted") if no else "unresolved"
-    return table
-
-
-def claims(res: dict) -> str:
-    """The paper's claims as a table of differences with verdicts, then the reading of each claim."""
-    table = claim_cells(res)
-    if not table:
-        return "No claim can be read: a student it compares is missing."
-    cols = list(next(iter(table.values())))
-    timed = all("epoch_seconds" in r for r in res.values())
-    head = ["claim"] + [f"{g} ε={e}/255" for g, e in cols] + [
-        "epoch s (timed alone), left / right" if timed else "train s, left / right"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for claim, left, right, _ in CLAIMS:
-        if claim in table:
-            t_left, t_right = (res[x]["epoch_seconds"] if timed else float(np.mean(res[x]["train_seconds"]))
-                               for x in (left, right))
-            cost = f"{t_left:.0f} / {t_right:.0f} ({t_left / max(t_right, 1e-9):.2f}×)"
-            lines.append("| " + " | ".join([claim] + [table[claim][c].text() for c in cols] + [cost]) + " |")
-    n_tests = 2 * sum(not c.masked for row in table.values() for c in row.values())
-    seeds = len(next(iter(res.values()))["seeds"])
-    how = (f"the seed-paired differences over {seeds} seeds (mean, one-sample t with {seeds - 1} degrees of freedom; "
-           f"± the 95% t-interval, and the 95% half-width one seed's test sample alone would give)" if seeds > 1 else
-           "one seed: the normal approximation of two independent accuracies on the test sample (± its unadjusted "
-           "95% half-width); training variation is not covered")
-    note = (f"Differences left − right in accuracy points. Each cell is two one-sided tests from {how}: *holds* — "
-            f"for >, the difference is above 0; for ≥, above −{NI_MARGIN:g} point (non-inferiority margin); "
-            f"*reversed* / *refuted* — the opposite; *unresolved* — neither. Holm's correction over all {n_tests} "
-            f"tests of this table, family-wise α = {ALPHA_FAMILY:g}; a cell of a student that failed a masking check "
-            f"gets no verdict. {reach(seeds, n_tests)}")
-    return note + "\n\n" + "\n".join(lines) + "\n\n" + reading(table)
-
-
-def reach(seeds: int, n_tests: int) -> str:
-    """What the table can decide at all: the statistic the most significant cell must pass (Holm's
-    first step) and the one the last step needs, in standard errors of a difference."""
-    if not n_tests:
-        return ""
-    from scipy.stats import norm, t
-
-    dist, of = (t(seeds - 1), f"one-sided t, {seeds - 1} degrees of freedom") if seeds > 1 else (norm, "one-sided normal")
-    first, last = float(dist.isf(ALPHA_FAMILY / n_tests)), float(dist.isf(ALPHA_FAMILY))
-    return (f"What it can decide: the strongest cell is decided only if its difference lies {first:.1f} standard "
-            f"errors beyond the threshold ({of}, p ≤ α/{n_tests}); the last of Holm's steps needs {last:.1f}.")
-
-
-def reading(table: dict[str, dict]) -> str:
-    """One sentence per claim that says what its cells say, and no more."""
-    out = []
-    for claim, row in table.items():
-        by_word: dict[str, list[str]] = {}
-        for (grading, e), c in row.items():
-            by_word.setdefault("masked (no verdict)" if c.masked else c.verdict, []).append(f"{grading} {e}/255")
-        if len(by_word) == 1:
-            out.append(f"- **{claim}**: {next(iter(by_word))} in every cell.")
-        else:
-            out.append(f"- **{claim}**: " + "; ".join(f"{w} at {', '.join(where)}" for w, where in by_word.items())
-                       + ".")
-    return "\n".join(out)
-
-
-def half_width(n: int, p: float = 0.5) -> float:
-    """95% half-width, in points, of an accuracy p measured on n images (normal approximation); at the
-    default p = 0.5, the largest for any accuracy."""
-    return 100 * 1.96 * (p * (1 - p) / max(n, 1)) ** 0.5
 
 
 def table(students: dict[str, list[dict]], tests: dict[str, list[dict]]) -> str:
@@ -380,15 +231,6 @@ def selections(students: dict[str, list[dict]]) -> str:
             for label, ss in students.items()]
     return ("Selected epoch per seed (from 0; in brackets, for students trained with a map, the mean P(random) of "
             "Eq. 9 in that epoch — the share of elements the map did not drive): " + "; ".join(rows) + ".")
-
-
-@dataclass
-class Step:
-    """One unit of the protocol: done when its output exists; ready when the steps it needs are done."""
-    name: str
-    needs: tuple[str, ...]
-    done: Callable[[], bool]
-    run: Callable[[], object]
 
 
 def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
@@ -426,7 +268,7 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
         shared = (f"Teachers and their maps are shared by every seed (trained with seed {args.seed}); each student is "
                   f"trained and graded once per seed ({args.seeds}).\n\n" if args.seeds > 1 else "")
         text = (shared + table(summaries, tests) + "\n\n" + costs(timing) +
-                "\n\nThe paper's claims on this data:\n\n" + claims(res))
+                "\n\nThe paper's claims on this data:\n\n" + claims(res, CLAIMS))
         frontier(summaries, out / "frontier.png", max(base.eval_eps),
                  f"cost vs robustness — {base.model} (width {base.width}), {args.dataset}, budget {args.budget}",
                  cost={label: t["epoch_seconds"] for label, t in timing.items()})
@@ -514,29 +356,6 @@ def student(steps: Steps, folder: Path, cfg: TrainConfig, limit: int) -> None:
     full_test(folder, cfg, limit)
 
 
-def run_plan(out: Path, plan: list[Step], poll: float = 15.0) -> None:
-    """Run every step not done, in order, as soon as what it needs is done. Several processes may
-    run the same plan on one folder: each step is claimed by one of them (``files.Claim``), the
-    others go on with the next ready step, or wait for the steps they need."""
-    said = ""
-    while True:
-        done = {s.name for s in plan if s.done()}
-        pending = [s for s in plan if s.name not in done]
-        if not pending:
-            return
-        for s in (s for s in pending if all(n in done for n in s.needs)):
-            with Claim(out / slug(s.name)) as mine:
-                if mine and not s.done():  # done meanwhile by the process that held it
-                    s.run()
-                    break
-        else:
-            waiting = f"waiting for other processes: {', '.join(s.name for s in pending)}"
-            if waiting != said:
-                print(waiting, file=sys.stderr, flush=True)
-                said = waiting
-            time.sleep(poll)
-
-
 def reproduce(args) -> str:
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
@@ -552,20 +371,6 @@ def reproduce(args) -> str:
         return status(out, plan_)
     run_plan(out, plan_)
     return final()
-
-
-def status(out: Path, plan: list[Step]) -> str:
-    """Which steps are done, running (claimed by a process), ready to start, or waiting for others;
-    nothing is run."""
-    done = {s.name for s in plan if s.done()}
-    state = {s.name: "waiting" for s in plan if s.name not in done}
-    for s in (s for s in plan if s.name in state and all(n in done for n in s.needs)):
-        with Claim(out / slug(s.name)) as free:  # held: a live process is doing it
-            state[s.name] = "ready" if free else "running"
-    lines = [f"{len(done)} of {len(plan)} steps done"]
-    for kind in ("running", "ready", "waiting"):
-        lines.append(f"{kind}: " + (", ".join(n for n, k in state.items() if k == kind) or "none"))
-    return "\n".join(lines)
 
 
 def grids(out: Path, test_beton: Path, device: str) -> None:

@@ -27,7 +27,8 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
 from .files import atomic_write_text
-from .reproduce import BUDGETS, Step, Steps, run_plan, slug
+from .reproduce import BUDGETS, Steps
+from .schedule import Step, run_plan, slug
 
 ARMS = {  # label → (method, training beton of fastsat.reproduce's MAPS, or "train": the silhouette)
     "sign (random ±ε)": ("sign", "train"),

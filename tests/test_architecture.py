@@ -14,7 +14,7 @@ from fastsat.writers import LAYOUTS
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"fastsat": ROOT / "fastsat", "fastsat.kernels": ROOT / "kernels", "fastsat.writers": ROOT / "writers"}
 ENTRY_POINTS = {"fastsat.train", "fastsat.write_beton", "fastsat.evaluate", "fastsat.compare", "fastsat.demo",
-                "fastsat.reproduce", "fastsat.export"}
+                "fastsat.reproduce", "fastsat.export", "fastsat.signs"}
 
 
 def modules() -> dict[str, Path]:

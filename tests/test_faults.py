@@ -395,7 +395,7 @@ def test_write_flags_fail_in_one_line(tmp_path, trained, capsys, flags):
 
 def _plan_worker(out: str, log: str) -> None:
     """One of several processes running the same plan: three steps, the third needs the first two."""
-    from fastsat.reproduce import Step, run_plan
+    from fastsat.schedule import Step, run_plan
 
     def step(name):
         def run():

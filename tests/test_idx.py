@@ -187,9 +187,17 @@ def _res(acc: dict, n: int = 500, masked=()) -> dict:
                 "PGD-5": {"n": n, "acc": {"8": v}}, "worst case": {"n": n, "acc": {"8": v}}} for k, v in acc.items()}
 
 
+def claim_cells(res: dict) -> dict:
+    """The cells of the three-seed study's claims."""
+    from fastsat.reproduce import CLAIMS
+    from fastsat import stats
+
+    return stats.claim_cells(res, CLAIMS)
+
+
 def test_claim_verdicts_non_inferiority_and_holm():
     """> holds only above 0, ≥ only above −1 point (non-inferiority), after Holm over the whole table."""
-    from fastsat.reproduce import claim_cells, holm
+    from fastsat.stats import holm
 
     assert holm([0.01, 0.04, 0.03, 0.5]) == [True, False, False, False]  # 0.01 ≤ .05/4; 0.03 > .05/3 stops
     assert holm([0.001, 0.012, 0.02]) == [True, True, True]
@@ -213,8 +221,6 @@ def test_claim_verdicts_non_inferiority_and_holm():
 
 def test_holm_makes_a_borderline_cell_unresolved_in_a_larger_table():
     """The same difference holds alone, but not among many tests (the family-wise correction)."""
-    from fastsat.reproduce import claim_cells
-
     pair = {"sat (weak map)": 53.4, "noise": 50.0}  # z ≈ 2.4 on 2,500 images each: p ≈ 0.008 one-sided
     alone = claim_cells(_res(pair, n=2500))
     assert alone["SAT > noise (silhouette map)"][("PGD-5", "8")].verdict == "holds"
@@ -223,7 +229,7 @@ def test_holm_makes_a_borderline_cell_unresolved_in_a_larger_table():
 
 
 def test_reading_says_no_more_than_the_cells():
-    from fastsat.reproduce import claim_cells, reading
+    from fastsat.stats import reading
 
     res = _res({"sat (weak map)": 55.0, "noise": 50.0, "standard": 49.5}, n=10_000)
     text = reading(claim_cells(res))
@@ -236,7 +242,8 @@ def test_committed_claims_are_generated_from_the_committed_numbers():
     README's table rows are table.md's."""
     import json
 
-    from fastsat.reproduce import claim_cells, claims, reading
+    from fastsat.reproduce import CLAIMS
+    from fastsat.stats import claims, reading
 
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
@@ -244,7 +251,7 @@ def test_committed_claims_are_generated_from_the_committed_numbers():
         assert "<!-- claims:fm -->" not in readme and "**The three-seed study is under way**" in readme
         return
     res = json.loads((root / "docs/fm/results.json").read_text())
-    assert claims(res) in (root / "docs/fm/table.md").read_text()
+    assert claims(res, CLAIMS) in (root / "docs/fm/table.md").read_text()
     block = readme.split("<!-- claims:fm -->\n")[1].split("\n<!-- /claims:fm -->")[0]
     assert block == reading(claim_cells(res))
     section = readme.split("## The paper's protocol on Fashion-MNIST")[1].split("\n## ")[0]
@@ -255,8 +262,6 @@ def test_committed_claims_are_generated_from_the_committed_numbers():
 def test_claims_over_seeds_use_the_seed_paired_differences():
     """Three seeds: a difference that is steady across seeds holds even where one seed's test sample
     could not decide it; one that flips sign across seeds is unresolved however large n is."""
-    from fastsat.reproduce import claim_cells
-
     steady = claim_cells(_res({"sat (weak map)": [52.0, 53.1, 52.6], "noise": [50.0, 51.0, 50.5]}, n=500))
     cell = steady["SAT > noise (silhouette map)"][("PGD-5", "8")]
     assert cell.df == 2 and cell.d == pytest.approx(2.067, abs=1e-3) and cell.verdict == "holds"
@@ -268,7 +273,7 @@ def test_claims_over_seeds_use_the_seed_paired_differences():
 def test_status_tells_running_from_ready_and_waiting(tmp_path):
     """A step whose claim a live process holds is running; one whose needs are done is ready; the rest wait."""
     from fastsat.files import Claim
-    from fastsat.reproduce import Step, status
+    from fastsat.schedule import Step, status
 
     never = lambda: False  # noqa: E731
     plan = [Step("a", (), lambda: True, None), Step("b", ("a",), never, None), Step("c", ("a",), never, None),
@@ -292,7 +297,7 @@ def test_reach_is_the_bar_the_strongest_cell_must_pass():
     above it and is unresolved just below."""
     import re
 
-    from fastsat.reproduce import claim_cells, reach
+    from fastsat.stats import reach
 
     bar = float(re.search(r"lies ([\d.]+) standard errors", reach(3, 4)).group(1))  # one claim: 2 cells, 2 tests each
     for factor, verdict in ((1.02, "holds"), (0.98, "unresolved")):
