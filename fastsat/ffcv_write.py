@@ -128,16 +128,13 @@ class _Guard:
 
     def __exit__(self, kind, value, tb):
         self.closing = True
-        with _shielded(self.main):
+        with _shielded(self.main, then=self.previous if self.main else None):  # the caller's handlers back
             self.done.set()
             self.watchdog.join(5)
             if kind is not None or self.interrupted or self.failed:
                 self.release()
             _quiet_writers(False)
             sys.unraisablehook = self.previous_hook
-            if self.main:
-                for number, handler in self.previous.items():
-                    signal.signal(number, handler)
         if self.interrupted:
             raise KeyboardInterrupt
         if kind is None and self.failed:
@@ -165,9 +162,10 @@ class _Guard:
 
 
 @contextmanager
-def _shielded(main: bool):
+def _shielded(main: bool, then: dict | None = None):
     """SIGINT and SIGUSR1 held off (main thread only): a second Ctrl-C or the watchdog's signal
-    cannot cut the cleanup short and leave writer processes or feeder threads behind."""
+    cannot cut the cleanup short and leave writer processes or feeder threads behind. On the way
+    out, the handlers ``then`` (default: those found on the way in) are installed."""
     if not main:
         yield
         return
@@ -175,7 +173,7 @@ def _shielded(main: bool):
     try:
         yield
     finally:
-        for number, handler in previous.items():
+        for number, handler in {**previous, **(then or {})}.items():
             signal.signal(number, handler)
 
 

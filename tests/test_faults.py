@@ -151,6 +151,38 @@ def test_ctrl_c_during_a_write(big_cifar, tmp_path, delay):
     assert not wait_gone(str(out))
 
 
+AFTER_A_WRITE = """
+import signal, sys, time
+from pathlib import Path
+from fastsat.errors import run_cli
+from fastsat.write_beton import write_dataset
+
+def body():
+    write_dataset("digits", "test", Path(sys.argv[1]), workers=2, progress=False)
+    print("written, sigint handler is python's own:", signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+          flush=True)
+    time.sleep(120)  # a long study goes on after its beton is written
+sys.exit(run_cli(body))
+"""
+
+
+def test_ctrl_c_stops_a_process_after_its_beton_write(tmp_path):
+    """The write guard gives the caller's SIGINT handler back: a multi-hour study that wrote a beton
+    still stops on Ctrl-C with 130 and one line (it kept running before: the guard's handler stayed)."""
+    proc = subprocess.Popen([sys.executable, "-c", AFTER_A_WRITE, str(tmp_path / "d.beton")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip().endswith("True"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=20)[1]
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err[-2000:]
+    assert err.count("error:") == 1 and "Traceback" not in err
+
+
 def test_same_data_same_content_hash(tmp_path):
     for name in ("a", "b"):
         assert write_main(["--dataset", "digits", "--split", "test", "--out", str(tmp_path / f"{name}.beton"),
