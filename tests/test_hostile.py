@@ -350,3 +350,40 @@ def test_damaged_sample_bytes_open_and_train_but_verify_catches_them(digits, tmp
             with pytest.raises(InputError, match="content hash"):
                 open_beton(path, verify=True)
     assert hit >= 10, hit  # most trials damage sample bytes (the rest hit page padding)
+
+
+@pytest.mark.parametrize("dataset,file", [("cifar10", "test_batch"), ("cifar10", "batches.meta"),
+                                          ("cifar100", "test"), ("cifar100", "meta")])
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_crafted_cifar_file_runs_no_code(tmp_path, capsys, dataset, file, protocol):
+    """CIFAR's official files are pickles: one that would call anything is refused in one line before
+    anything of it runs, and no beton is written (plain ``pickle.load`` ran the payload, exit 0)."""
+    import pickle
+
+    from tests import layouts
+
+    layouts.cifar(tmp_path / "root", dataset)
+    folder = next((tmp_path / "root").iterdir())
+    data = pickle.loads((folder / file).read_bytes())
+    marker = tmp_path / "ran"
+    data[b"extra"] = Payload(marker)
+    (folder / file).write_bytes(pickle.dumps(data, protocol=protocol))
+    out = tmp_path / "x.beton"
+    assert write_main(["--dataset", dataset, "--split", "test", "--root", str(tmp_path / "root"), "--out", str(out),
+                       "--workers", "2"]) == 2
+    line = one_error_line(capsys)
+    assert "posix.system" in line and "refused" in line and str(folder / file) in line
+    assert not marker.exists() and not out.exists() and not manifest_path(out).exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_genuine_cifar_pickles_of_every_protocol_still_load(tmp_path, protocol):
+    """The restricted unpickler admits what numpy writes for an array under each pickle protocol."""
+    import pickle
+
+    from fastsat.writers.cifar import _unpickle
+
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 12)
+    (tmp_path / "b").write_bytes(pickle.dumps({b"data": arr, b"labels": [1, 2], b"batch_label": b"x"}, protocol=protocol))
+    got = _unpickle(tmp_path / "b")
+    assert np.array_equal(got[b"data"], arr) and got[b"labels"] == [1, 2]

@@ -17,12 +17,29 @@ LAYOUTS = {
 }
 
 
+class _DataOnly(pickle.Unpickler):
+    """Admits what CIFAR's pickles hold (dicts, lists, byte strings, numpy arrays) and nothing that
+    could run code: any other global a file names is refused before it is looked up."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for f in ("_reconstruct", "scalar")),
+               *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR file never holds; refused, "
+                                         f"nothing of it ran")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise InputError(f"corrupted CIFAR file {path}: {e}") from None
+            data = _DataOnly(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise InputError(f"not a CIFAR file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"not a CIFAR file {path}: it holds a {type(data).__name__}, not a dict")
+    return data
 
 
 class Cifar:
