@@ -297,16 +297,24 @@ def upgrade(saved: dict) -> dict:
 RUN_KIND = "fastsat-run"  # a run folder's config.json says so in its "kind": what makes a folder a run
 
 
-def read_config_file(path: Path) -> dict:
+INVOCATION = ("overwrite", "resume", "allow_change")  # requests of one command line: never read from a file
+
+
+def read_config_file(path: Path) -> tuple[dict, bool]:
     """A TOML / YAML / JSON file of TrainConfig keys (unknown keys are an error), or a run folder's
-    config.json: that run's settings, in today's fields and units (train it again with --config)."""
+    config.json: that run's settings, in today's fields and units (train it again with --config),
+    without its folder and the requests of the command that made it; and whether it was a run's."""
     data = read_table(path)
     if data.get("kind") == RUN_KIND and isinstance(data.get("config"), dict):
-        return upgrade(data["config"])
+        return {k: v for k, v in upgrade(data["config"]).items() if k not in (*INVOCATION, "out")}, True
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise InputError(f"config file {path}: unknown keys {', '.join(unknown)}")
-    return data
+    asked = [k for k in INVOCATION if k in data]
+    if asked:
+        raise InputError(f"config file {path}: {', '.join(asked)} is a request of one command, not a setting: "
+                         f"give {', '.join(flag(k) for k in asked)} on the command line")
+    return data, False
 
 
 def read_recipes(path: Path, methods: list[str]) -> dict[str, dict]:
@@ -381,7 +389,11 @@ def config_from_args(args, base: Optional[dict] = None, names=None) -> TrainConf
     (those of ``names`` only, when given)."""
     values = upgrade(base) if base else {}
     if getattr(args, "config", None):
-        values.update(in_units(read_config_file(args.config)))
+        saved, of_a_run = read_config_file(args.config)
+        if of_a_run and "out" in (FIELDS if names is None else names) and getattr(args, "out", None) is None:
+            raise InputError(f"--config {args.config} is a run's own config: give --out (a saved run's folder is "
+                             f"never reused unless named; --out it --resume continues it)")
+        values.update(in_units(saved))
     names = FIELDS if names is None else names
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     return TrainConfig(**values).validate()

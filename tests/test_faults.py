@@ -479,3 +479,34 @@ def test_processes_sharing_a_plan_do_each_step_once(tmp_path):
         holder.wait()
     with Claim(tmp_path / "x") as mine:
         assert mine
+
+
+def tree(folder: Path) -> dict:
+    """Every file below ``folder`` with its size and modification time (what a command must not touch)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_a_saved_config_never_replaces_its_run(trained, tmp_path, capsys):
+    """`train --config runs/x/config.json --seed 1` without --out: refused in one line, the run untouched,
+    even when the run was made with --overwrite (which used to come back from the file and delete it)."""
+    import shutil
+
+    run = tmp_path / "x"
+    shutil.copytree(trained[3], run)
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"].update(overwrite=True, out=str(run))
+    (run / "config.json").write_text(json.dumps(saved))
+    before = tree(tmp_path)
+    assert train_main(["--config", str(run / "config.json"), "--seed", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--out" in err[0], err
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("key", ["overwrite", "resume", "allow_change"])
+def test_a_config_file_cannot_ask_for_what_a_command_asks(tmp_path, capsys, key):
+    (tmp_path / "c.toml").write_text(f"epochs = 1\n{key} = true\n")
+    assert train_main(["--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0] and "command line" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
