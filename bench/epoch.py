@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, markdown_table, sync, write_json  # noqa: E402
 from fastsat.beton import SaliencyMap, open_beton, write_beton  # noqa: E402
 from fastsat.config import TrainConfig  # noqa: E402
-from fastsat.data import make_batches, step_seed  # noqa: E402
+from fastsat.batch import step_seed  # noqa: E402
+from fastsat.data import make_batches  # noqa: E402
 from fastsat.ffcv_import import available as ffcv_available  # noqa: E402
 from fastsat.kernels import bits as bitlayout  # noqa: E402
 from fastsat.methods import METHODS, p_random, train_step  # noqa: E402

@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import machine, markdown_table, write_json  # noqa: E402
 from fastsat.beton import SaliencyMap, open_beton, write_beton  # noqa: E402
-from fastsat.data import Batch, make_batches  # noqa: E402
+from fastsat.batch import Batch  # noqa: E402
+from fastsat.data import make_batches  # noqa: E402
 from fastsat.kernels import bits as bitlayout  # noqa: E402
 from fastsat.writers import open_writer  # noqa: E402
 

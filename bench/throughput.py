@@ -21,7 +21,7 @@ from bench import kernel as kernel_bench  # noqa: E402
 from bench.common import machine, markdown_table, time_fn, write_json  # noqa: E402
 from fastsat.kernels import bits as bitlayout  # noqa: E402
 from fastsat.config import TrainConfig  # noqa: E402
-from fastsat.data import Batch  # noqa: E402
+from fastsat.batch import Batch  # noqa: E402
 from fastsat.ffcv_import import available as ffcv_available  # noqa: E402
 from fastsat.kernels.spec import derive_seed, random_prob  # noqa: E402
 from fastsat.methods import METHODS, train_step  # noqa: E402
@@ -104,7 +104,7 @@ def plot(results, path: Path, title: str):
     plt.close(fig)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda where available)")
@@ -113,34 +113,30 @@ def main(argv=None):
     ap.add_argument("--skip-loader", action="store_true", help="feed synthetic batches already on the device")
     ap.add_argument("--methods", default=",".join(BENCH_METHODS),
                     help="comma-separated training methods to time (standard is always timed: the ratios' base)")
-    args = ap.parse_args(argv)
-    methods = ["standard"] + [m for m in args.methods.split(",") if m and m != "standard"]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        ap.error(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
-    device = torch.device(args.device)
-    info = machine(device)
-    where = info.get("gpu", info.get("cpu_model", "cpu"))
+    return ap
 
-    kernel, ktable = kernel_bench.run(device, quick=args.quick)
+
+def measure_steps(args, device: torch.device, methods: list[str]) -> tuple[dict, list, str]:
+    """The loader (unless skipped or without ffcv) and every method's training step fed by it."""
     if args.skip_loader or not ffcv_available():
         loader = {"skipped": "--skip-loader" if args.skip_loader else "ffcv is not installed on this machine"}
-        steps = step_throughput(device, args.quick, methods=methods)
-        feed = "synthetic batches already on the device"
-    else:  # one CIFAR-layout beton: loader benchmark, then every step fed by the FFCV loader
-        import tempfile
+        return loader, step_throughput(device, args.quick, methods=methods), "synthetic batches already on the device"
+    import tempfile  # one CIFAR-layout beton: loader benchmark, then every step fed by the FFCV loader
 
-        from bench import loader as loader_bench
-        from fastsat.data import make_batches
+    from bench import loader as loader_bench
+    from fastsat.data import make_batches
 
-        with tempfile.TemporaryDirectory() as tmp:
-            beton, arrays, stats = loader_bench.make_beton(Path(tmp), 10_000 if args.quick else 50_000, 2)
-            loader = {**stats, **loader_bench.measure(beton, arrays, device=device)}
-            feed_loader = make_batches(beton, ["sal"], batch_size=step_batch_size(device), workers=2, device=device,
-                                       train=True, seed=0)
-            steps = step_throughput(device, args.quick, loader_batches(feed_loader), methods)
-        feed = f"the FFCV loader over a {loader['samples']}-sample CIFAR-layout beton (loader included)"
+    with tempfile.TemporaryDirectory() as tmp:
+        beton, arrays, stats = loader_bench.make_beton(Path(tmp), 10_000 if args.quick else 50_000, 2)
+        loader = {**stats, **loader_bench.measure(beton, arrays, device=device)}
+        feed_loader = make_batches(beton, ["sal"], batch_size=step_batch_size(device), workers=2, device=device,
+                                   train=True, seed=0)
+        steps = step_throughput(device, args.quick, loader_batches(feed_loader), methods)
+    return loader, steps, f"the FFCV loader over a {loader['samples']}-sample CIFAR-layout beton (loader included)"
 
+
+def goals_of(steps: list, loader: dict, device: torch.device) -> dict:
+    """The ratios the project aims at, each beside its goal."""
     rel = {r["method"]: r["relative_to_standard"] for r in steps}
     goals = {}
     if "sat" in rel:
@@ -155,15 +151,15 @@ def main(argv=None):
         goals["loader_over_model_goal"] = 3.0
         goals["saliency_overhead"] = loader["saliency_overhead"]
         goals["saliency_overhead_goal"] = 0.05
-    payload = {"machine": info, "kernel": kernel, "train_step": steps, "train_step_feed": feed, "loader": loader,
-               "goals": goals, "quick": args.quick}
-    write_json(args.out / "throughput.json", payload)
-    plot(steps, args.out / "throughput.png", f"step cost relative to standard — {where}")
+    return goals
 
-    print(f"## fastsat throughput on {where} ({info['time']})\n")
-    print("### SAT kernel (copy bandwidth {:.1f} GB/s)\n".format(kernel["copy_GB_per_s"]))
+
+def show(payload: dict, ktable: str, where: str) -> None:
+    steps, loader, goals = payload["train_step"], payload["loader"], payload["goals"]
+    print(f"## fastsat throughput on {where} ({payload['machine']['time']})\n")
+    print("### SAT kernel (copy bandwidth {:.1f} GB/s)\n".format(payload["kernel"]["copy_GB_per_s"]))
     print(ktable)
-    print(f"\n### Training step (fed by {feed})\n")
+    print(f"\n### Training step (fed by {payload['train_step_feed']})\n")
     print(markdown_table(["method", "batch", "mean ms/step", "images/s", "× standard"],
                          [[r["method"], r["batch"], r["mean_s"] * 1e3, r["images_per_s"], r["relative_to_standard"]]
                           for r in steps]))
@@ -174,6 +170,25 @@ def main(argv=None):
     for k, v in goals.items():
         if not k.endswith("_goal"):
             print(f"- {k}: {v:.3f} (goal {'≥' if k == 'loader_over_model' else '≤'} {goals[k + '_goal']})")
+
+
+def main(argv=None):
+    ap = parser()
+    args = ap.parse_args(argv)
+    methods = ["standard"] + [m for m in args.methods.split(",") if m and m != "standard"]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(unknown)} (known: {', '.join(METHODS)})")
+    device = torch.device(args.device)
+    info = machine(device)
+    where = info.get("gpu", info.get("cpu_model", "cpu"))
+    kernel, ktable = kernel_bench.run(device, quick=args.quick)
+    loader, steps, feed = measure_steps(args, device, methods)
+    payload = {"machine": info, "kernel": kernel, "train_step": steps, "train_step_feed": feed, "loader": loader,
+               "goals": goals_of(steps, loader, device), "quick": args.quick}
+    write_json(args.out / "throughput.json", payload)
+    plot(steps, args.out / "throughput.png", f"step cost relative to standard — {where}")
+    show(payload, ktable, where)
     return payload
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import build_parser, config_from_args, parse_eps, read_recipes
+from .config import build_parser, config_from_args, read_recipes
+from .options import parse_eps
 from .errors import InputError, masked_exit, run_cli
 from .methods import METHODS
 
@@ -33,10 +34,25 @@ def parser():
                     help="TOML / YAML / JSON table {method: {setting: value}}: each method's own training recipe "
                          "(e.g. fgsm_rs with optimizer sgd, lr_schedule onecycle, weight_decay 5e-4), recorded in "
                          "every run's config and in the table")
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="runs trained at once, each in its own process with its share of the threads (0: the "
+                         "machine's cores on CPU, 1 on CUDA); their training times are then taken side by side")
     ap.add_argument("--beside", action="store_true",
                     help="a method's folder holds a run made with other settings or data: train a fresh run next "
                          "to it (folder name + a hash of the settings) instead of refusing")
     return ap
+
+
+def jobs(asked: int, device: str) -> int:
+    """``--jobs``: as asked, or (0) one per core on CPU and one on CUDA."""
+    import os
+
+    if asked < 0:
+        raise InputError(f"--jobs must be >= 0, got {asked}")
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return asked or (1 if cuda else len(os.sched_getaffinity(0)))
 
 
 def main(argv=None) -> int:
@@ -53,7 +69,7 @@ def main(argv=None) -> int:
         eps = args.frontier_eps if args.frontier_eps is not None else max(base.eval_eps)
         recipes = read_recipes(args.recipes, methods) if args.recipes else None
         table, summaries = compare(base, methods, args.seeds, Path(base.out), eps, beside=args.beside,
-                                   recipes=recipes)
+                                   recipes=recipes, jobs=jobs(args.jobs, base.device))
         return table, masked_exit([s["robustness"] for s in summaries], base.fail_on_masking)
     return run_cli(body)
 

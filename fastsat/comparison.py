@@ -15,7 +15,9 @@ import math
 import sys
 from pathlib import Path
 
-from .config import TrainConfig, differing, eps_key, role_names, upgrade
+from .config import TrainConfig, differing, role_names, upgrade
+from .options import eps_key
+from .runfiles import RunFiles
 from .errors import InputError
 from .files import atomic_write_text
 from .methods import METHODS
@@ -105,13 +107,61 @@ def frontier(by_method: dict[str, list[dict]], path: Path, eps: float, title: st
     save(fig, path)
 
 
+def _job(cfgs: list[TrainConfig], beside: bool, threads: int, following, errors) -> None:
+    """One of ``jobs`` processes: takes the next run nobody took (``following``, shared) until none is left."""
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        with following.get_lock():
+            i = following.value
+            following.value += 1
+        if i >= len(cfgs):
+            return
+        try:
+            run_one(cfgs[i], False, beside)
+        except InputError as e:
+            errors.put(f"{cfgs[i].method}, seed {cfgs[i].seed}: {e}")
+            raise SystemExit(2)
+
+
+def run_concurrently(cfgs: list[TrainConfig], jobs: int, beside: bool) -> None:
+    """Train ``cfgs`` in ``jobs`` concurrent processes; a failing one ends them all, in one line."""
+    import multiprocessing
+    import multiprocessing.connection
+
+    import torch
+
+    ctx = multiprocessing.get_context("spawn")
+    errors, following = ctx.SimpleQueue(), ctx.Value("i", 0)
+    threads = max(1, torch.get_num_threads() // jobs)
+    procs = [ctx.Process(target=_job, args=(cfgs, beside, threads, following, errors))
+             for _ in range(min(jobs, len(cfgs)))]
+    try:
+        for p in procs:
+            p.start()
+        while True:
+            alive = [p for p in procs if p.is_alive()]
+            failed = [p.exitcode for p in procs if p.exitcode]
+            if failed:
+                raise InputError(errors.get() if not errors.empty() else f"a training job ended with code {failed[0]}")
+            if not alive:
+                return
+            multiprocessing.connection.wait([p.sentinel for p in alive])
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()
+
+
 def run_one(cfg: TrainConfig, progress: bool, beside: bool = False) -> dict:
     """A finished run's summary when it was made with exactly these settings and data; else the run
     trained (from scratch, or continued from its checkpoint). A run in ``cfg.out`` made otherwise is
     refused in one line listing what differs, or (``beside``) a fresh run goes next to it."""
     out = Path(cfg.out)
-    finished = (out / "summary.json").is_file()
-    if (out / "config.json").is_file() and not cfg.overwrite and (finished or (out / "checkpoint.pt").is_file()):
+    files = RunFiles(out)
+    finished = files.finished()
+    if files.config.is_file() and not cfg.overwrite and (finished or files.checkpoint.is_file()):
         # a run that has not reached its report may still take other evaluation settings
         diff = run_differences(out, cfg, ("run", "eval") if finished else ("run",))
         if diff and beside:
@@ -120,16 +170,16 @@ def run_one(cfg: TrainConfig, progress: bool, beside: bool = False) -> dict:
             raise InputError(f"{out} holds a run made with other settings ({'; '.join(diff)}): --overwrite replaces "
                              f"it, --beside trains a fresh run next to it")
         if finished:
-            return json.loads((out / "summary.json").read_text())
+            return files.read("summary")
         cfg = replace(cfg, resume=True)
-    elif (out / "config.json").is_file():  # killed before its first checkpoint: nothing to keep
+    elif files.config.is_file():  # killed before its first checkpoint: nothing to keep
         cfg = replace(cfg, overwrite=True)
     return train(cfg, progress=progress)
 
 
 def run_differences(out: Path, cfg: TrainConfig, roles: tuple) -> list[str]:
     """What differs between the run in ``out`` and ``cfg``: settings of ``roles`` and beton contents."""
-    saved = json.loads((out / "config.json").read_text())
+    saved = RunFiles(out).read("config")
     diff = [f"{k}: {was!r} → {now!r}" for k, (was, now) in differing(upgrade(saved.get("config", {})), cfg, roles).items()]
     for name, want in data_ids(cfg).items():
         had = saved.get("data", {}).get(name)
@@ -155,24 +205,30 @@ def settings_hash(cfg: TrainConfig) -> str:
 
 
 def compare(base: TrainConfig, methods: list[str], seeds: int, out: Path, frontier_eps: float,
-            progress: bool = True, beside: bool = False, recipes: dict | None = None) -> tuple[str, list[dict]]:
+            progress: bool = True, beside: bool = False, recipes: dict | None = None,
+            jobs: int = 1) -> tuple[str, list[dict]]:
     """The table, and every run's summary. ``recipes``: per method, settings that replace the base
-    config's (its own optimizer, schedule, ...), recorded in each run's config and in the table."""
+    config's (its own optimizer, schedule, ...), recorded in each run's config and in the table.
+    ``jobs`` > 1: the runs are trained by that many concurrent processes first (each its share of
+    the threads); their training times are then taken beside each other."""
     recipes = recipes or {}
     if seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {seeds}")
     if not any(math.isclose(frontier_eps, e) for e in base.eval_eps):
         raise InputError(f"--frontier-eps {frontier_eps:g} is not one of --eval-eps {base.eval_eps}")
+    cfgs = {method: [dataclasses.replace(base, **recipes.get(method, {}), method=method, seed=base.seed + k,
+                                         out=str(out / method / f"seed{base.seed + k}" if seeds > 1 else out / method)
+                                         ).validate() for k in range(seeds)] for method in methods}
+    if jobs > 1:
+        run_concurrently([c for cs in cfgs.values() for c in cs], jobs, beside)
     by_method = {}
-    for method in methods:
+    for method, cs in cfgs.items():
         by_method[method] = []
-        for k in range(seeds):
-            folder = out / method / f"seed{base.seed + k}" if seeds > 1 else out / method
-            cfg = dataclasses.replace(base, **recipes.get(method, {}), method=method, seed=base.seed + k,
-                                      out=str(folder)).validate()
+        for cfg in cs:
             if progress:
                 print(f"== {method}, seed {cfg.seed}", file=sys.stderr)
-            by_method[method].append(run_one(cfg, progress, beside))
+            # trained by the jobs: read back (not replaced again)
+            by_method[method].append(run_one(replace(cfg, overwrite=False) if jobs > 1 else cfg, progress, beside))
     table = side_by_side(by_method)
     if recipes:
         table += "\n\nRecipes (settings that differ from the base config): " + "; ".join(

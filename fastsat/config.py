@@ -10,67 +10,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from .attacks import AA_IMPLS, AutoAttack, require_impl
 from .errors import ArgumentParser, InputError
 from .kernels.spec import ALPHA, EPS0
 from .methods import METHODS
-
-
-@dataclass(frozen=True)
-class Rule:
-    text: str  # shown in errors: "lr must be > 0"
-    ok: Callable[[object], bool]
-
-
-def above(lo):
-    return Rule(f"> {lo:g}", lambda v: v > lo)
-
-
-def at_least(lo):
-    return Rule(f">= {lo:g}", lambda v: v >= lo)
-
-
-def between(lo, hi, lo_open=False, hi_open=False):
-    text = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    return Rule(text, lambda v: (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi))
-
-
-ROLES = ("run", "eval", "free")  # what a field affects: the training run, its evaluation, or no number at all
-
-
-def opt(default, help: str, *, rule: Optional[Rule] = None, choices: Optional[Callable[[], list]] = None,
-        role: str = "run", eps_like: bool = False, evaluate: Optional[bool] = None):
-    """A config field: default, one-line help with its unit, valid range (lists: of each item),
-    choices, its role (see ``ROLES``), whether it is ε-like (in ``UNITS``; "8/255" accepted), and
-    whether ``python -m fastsat.evaluate`` takes it as a flag (default: the eval role's fields; the
-    run's saved config supplies every other)."""
-    assert role in ROLES, role
-    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(**kw, metadata={"help": help, "rule": rule, "choices": choices, "role": role, "eps_like": eps_like,
-                                 "evaluate": role == "eval" if evaluate is None else evaluate})
-
-
-UNITS = "1/255"  # of every ε-like flag, config key and saved config: 8 means 8/255 (the literature's unit)
-EPS_MIN = 0.25  # an ε-like value below this is almost surely a fraction of 1 (the unit before 1/255)
-
-
-def eps_key(eps: float) -> str:
-    """The report key of an ε in 1/255: its number ("4", "0.5"; JSON object keys are strings)."""
-    return f"{eps:g}"
-
-
-EPS_RULE = Rule(f"in [{EPS_MIN:g}, 255] (in 1/255: 8 means 8/255)", lambda v: EPS_MIN <= v <= 255)
+from .options import (EPS_RULE, UNITS, Rule, above, at_least, between, flag, opt, parse_eps,
+                      parse_list)
+from .robustness import EvalSettings
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(EvalSettings):
     # data
     train: str = opt("data/digits_train.beton", "training beton (its manifest X.beton.json beside it)")
     val: str = opt("data/digits_test.beton", "test beton: final robustness report (never used to choose a model)")
@@ -120,8 +75,6 @@ class TrainConfig:
                                                                                                hi_open=True))
     label_smoothing: float = opt(0.0, "label smoothing of the training cross-entropy", rule=between(0, 1, hi_open=True))
     amp: bool = opt(True, "float16 autocast + grad scaling on CUDA (ignored on CPU)")
-    seed: int = opt(0, "model init, loader order, holdout split, every random draw", rule=at_least(0),
-                    evaluate=True)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", role="free", evaluate=True)
     # model selection (on the holdout, every epoch)
     select: str = opt("auto", "checkpoint evaluated at the end: the epoch with the best holdout accuracy under PGD "
@@ -134,33 +87,9 @@ class TrainConfig:
                                   rule=between(0, 1))
     co_drop: float = opt(20.0, "catastrophic-overfitting guard: holdout PGD accuracy falling by more than this "
                                "many points in one epoch is flagged", rule=above(0))
-    # evaluation (also python -m fastsat.evaluate)
-    eval_protocol: str = opt("default", "default: PGD-20 + AutoAttack + white-box saliency + worst case + "
-                                        "masking checks; paper: the paper's PGD-5/20/40, noise, TRADES, saliency",
-                             choices=lambda: ["default", "paper"], role="eval")
-    eval_eps: list = opt([1, 2, 3, 4, 8], "attack ε list, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
-    eval_steps: list = opt([20], "PGD steps list (the paper protocol uses 5,20,40)", rule=at_least(1), role="eval")
-    eval_noise: list = opt([8, 16, 32], "uniform-noise ε list, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
-    eval_step_size: float = opt(2.0, "PGD / TRADES attack step, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
-    eval_aa: str = opt("standard", "AutoAttack version (standard, rand), a list of its attacks (apgd-ce, "
-                                   "apgd-dlr, apgd-t, fab-t, square), or none", role="eval")
-    eval_aa_impl: str = opt("pyautoattack", "AutoAttack implementation: pyautoattack (the reference, packaged "
-                                             "fra31/auto-attack) or torchattacks (its components, run in sequence)",
-                            choices=lambda: list(AA_IMPLS), role="eval")
-    eval_aa_steps: int = opt(100, "APGD / FAB iterations of AutoAttack (its original: 100; torchattacks' "
-                                  "AutoAttack class: 10)", rule=at_least(1), role="eval")
-    eval_aa_queries: int = opt(5000, "Square queries of AutoAttack", rule=at_least(1), role="eval")
-    eval_checks: bool = opt(True, "run the gradient-masking checks (default protocol; adds PGD-5/40, "
-                                  "PGD-100 at ε = 64/255 and a Square attack)", role="eval")
-    eval_cascade: bool = opt(True, "default protocol: at each ε, attack only the samples every earlier attack "
-                                   "left correct (the same per-sample worst case, at a fraction of the cost; each "
-                                   "row then counts the rows above it); off: every attack on every sample",
-                             role="eval")
     fail_on_masking: bool = opt(True, "exit with code 3 when a gradient-masking check fails (the reports are "
                                       "written either way, marked masked)", role="free",
                                 evaluate=True)
-    eval_limit: int = opt(0, "evaluate on a seeded, class-stratified sample of N test images (0: all)",
-                          rule=at_least(0), role="eval")
     # bookkeeping
     out: str = opt("runs/run", "output folder", role="free")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint", role="free")
@@ -172,24 +101,12 @@ class TrainConfig:
     allow_change: bool = opt(False, "with --resume: accept changed settings (recorded in config.json with "
                                     "the epoch they took effect)", role="free")
 
-    def fraction(self, name: str) -> float:
-        """An ε-like field as a fraction of 1, as attacks and kernels take it (the one conversion)."""
-        assert FIELDS[name].metadata["eps_like"], name
-        return getattr(self, name) / 255
-
     def validate(self) -> "TrainConfig":
-        for f in dataclasses.fields(self):
-            check_value(f, getattr(self, f.name))
+        super().validate()  # every field's type and range, and the evaluation's own checks
         if self.resume and self.overwrite:
             raise InputError("--resume and --overwrite exclude each other")
         if self.sal_mix and not METHODS.get(self.method).needs_saliency:
             raise InputError(f"--sal-mix mixes saliency maps; method {self.method} reads none")
-        if self.eval_aa != "none":
-            try:
-                AutoAttack(version=self.eval_aa).components()
-            except ValueError as e:
-                raise InputError(f"--eval-aa: {e}") from None
-            require_impl(self.eval_aa_impl)
         return self
 
 
@@ -210,60 +127,6 @@ def differing(saved: dict, cfg: TrainConfig, roles=("run", "eval")) -> dict:
     """{key: (saved value, requested value)} for the fields of ``roles`` that differ."""
     names = role_names(*roles)
     return {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items() if k in names and saved.get(k) != v}
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def check_value(f: dataclasses.Field, value) -> None:
-    """Type, range and choices of one field's value; an InputError naming the flag."""
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    kind = type(default)
-    ok_type = (isinstance(value, bool) if kind is bool else
-               isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-               isinstance(value, int) and not isinstance(value, bool) if kind is int else
-               isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                               for v in value) if kind is list else
-               isinstance(value, kind))
-    if not ok_type:
-        want = "a list of numbers" if kind is list else kind.__name__
-        raise InputError(f"{flag(f.name)}: expected {want}, got {value!r}")
-    rule, choices = f.metadata.get("rule"), f.metadata.get("choices")
-    if kind is list and not value:
-        raise InputError(f"{flag(f.name)}: needs at least one value")
-    for v in value if kind is list else [value]:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise InputError(f"{flag(f.name)} must be a finite number, got {v!r}")
-        if isinstance(v, int) and not isinstance(v, bool) and not -2 ** 63 <= v < 2 ** 63:
-            raise InputError(f"{flag(f.name)} must fit in 64 bits, got {v}")
-        if rule is not None and not rule.ok(v):
-            hint = (f" — ε-like values are in 1/255, no longer fractions of 1: {v:g} of 1 is {v * 255:g} (or write "
-                    f"{v * 255:g}/255)" if f.metadata.get("eps_like") and 0 < v < EPS_MIN else "")
-            raise InputError(f"{flag(f.name)} must be {rule.text}, got {v!r}{hint}")
-    if choices is not None and value not in choices():
-        raise InputError(f"{flag(f.name)}: unknown {value!r}; expected one of {', '.join(choices())}")
-
-
-def parse_list(text: str) -> list:
-    """'1,2,3.5' → [1, 2, 3.5]; '2/255,8/255' → [2.0, 8.0] (argparse type: a bad item is a one-line error)."""
-    try:
-        return [parse_eps(v) if "/" in v else float(v) if any(c in v for c in ".eE") else int(v)
-                for v in str(text).replace(" ", "").split(",") if v]
-    except (ValueError, argparse.ArgumentTypeError):
-        raise ValueError(f"not a comma-separated list of numbers: {text!r}") from None
-
-
-def parse_eps(text) -> float:
-    """An ε-like value in 1/255: '8' → 8.0, and a written fraction '8/255' → 8.0 ('1/32' → 7.97)."""
-    num, sep, den = str(text).strip().partition("/")
-    try:
-        value = float(num) / float(den) * 255 if sep else float(num)
-    except (ValueError, ZeroDivisionError):
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not an ε in 1/255 (such as 8 or 8/255): {text!r}")
-    return value
 
 
 def in_units(values: dict) -> dict:

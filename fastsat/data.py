@@ -1,4 +1,4 @@
-"""Batches for training and evaluation: :class:`Batch` (x (N, H, W, C) uint8 on the device, y, bits).
+"""Loaders of :class:`~fastsat.batch.Batch` (x (N, H, W, C) uint8 on the device, y, bits) for training and evaluation.
 
 Two sources with one interface, ``loader.epoch(e)`` → iterator of batches, over all samples or
 the ``indices`` given (a holdout split, an evaluation sample):
@@ -15,7 +15,6 @@ so SAT gives them pure noise rather than a fake all −1 map.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
@@ -24,41 +23,15 @@ import torch
 from .beton import BetonInfo
 from .ffcv_import import available as ffcv_available
 from .ffcv_import import ffcv
+from .batch import Batch, step_seed
 from .kernels.spec import derive_seed
 from .reader import BetonReader
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, C) uint8 → (N, C, H, W) float32 in [0, 1] (a view of NHWC memory: channels_last);
-    float input is taken as already in [0, 1]. The one pixel conversion outside the SAT kernel (whose
-    reference multiplies by float32(1/255), as its Triton version does)."""
-    x = x.permute(0, 3, 1, 2)
-    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
-
-@dataclass
-class Batch:
-    """One batch as a loader yields it."""
-    x: torch.Tensor  # (N, H, W, C) uint8 (or float in [0, 1])
-    y: torch.Tensor  # (N,) int64
-    bits: Optional[torch.Tensor] = None  # (N, nbytes) packed saliency signs (two maps: already mixed), or None
-    granularity: str = "element"  # of ``bits``
-    indices: Optional[torch.Tensor] = None  # beton index of each row, where the loader knows it
-
-    def pixels(self) -> torch.Tensor:
-        return to_unit(self.x)
 
 
 def mix_saliency(bits: torch.Tensor, bits2: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Per-sample coin between two packed maps of equal layout (paper Table 7)."""
     coin = torch.rand(bits.shape[0], generator=generator, device=generator.device) < 0.5
     return torch.where(coin.to(bits.device).view(-1, 1), bits, bits2)
-
-
-def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
-    """The seed of one training step: every draw of the step (map mix, Eq. 9, augmentation, attack
-    starts) derives its own stream from it, by purpose."""
-    return derive_seed(seed, "step", rank, epoch, step)
 
 
 def _quiet_numba_finalizer() -> None:

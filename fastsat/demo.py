@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .beton import open_beton, weak_map, write_beton
+from .compare import jobs
 from .comparison import compare
 from .config import build_parser, config_from_args
 from .errors import masked_exit, run_cli
@@ -49,12 +50,15 @@ def main(argv=None) -> int:
     ap = build_parser("python -m fastsat.demo", __doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("data"), help="folder of the digits betons")
     ap.add_argument("--seeds", type=int, default=1, help="runs per method")
+    ap.add_argument("--jobs", type=int, default=0, help="runs trained at once, each in its own process (0: the "
+                    "machine's cores on CPU, 1 on CUDA)")
     def body():
         args = ap.parse_args([*DEMO, *(argv if argv is not None else sys.argv[1:])])
         paths = ensure_digits(args.data)
         args.train, args.val = args.train or str(paths["train"]), args.val or str(paths["test"])
         base = config_from_args(args)
-        table, summaries = compare(base, METHODS.split(","), args.seeds, Path(base.out), FRONTIER_EPS)
+        table, summaries = compare(base, METHODS.split(","), args.seeds, Path(base.out), FRONTIER_EPS,
+                                   jobs=jobs(args.jobs, base.device))
         return table, masked_exit([s["robustness"] for s in summaries], base.fail_on_masking)
     return run_cli(body)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from .beton import open_beton
 from .config import add_fields, config_from_args, evaluate_names
 from .errors import ArgumentParser, InputError, masked_exit, run_cli
-from .robustness import eval_data, robustness, sample_indices, write_reports
+from .distributed import init_from_env, run_ranks
+from .robustness import grade_beton
 from .runs import load_checkpoint, other_data, pick_device
 
 
@@ -30,12 +31,21 @@ def parser() -> ArgumentParser:
     ap.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt or best.pt of a run")
     ap.add_argument("--val", type=Path, help="beton to evaluate on (default: the run's test beton)")
     ap.add_argument("--out", type=Path, help="report folder (default: the checkpoint's folder)")
+    ap.add_argument("--eval-procs", type=int, default=1,
+                    help="grade on this many local processes (CPU; each a share of the threads): the samples are "
+                         "split between them, the report is the one process's. Under torchrun the ranks it "
+                         "starts grade instead")
     add_fields(ap, EVAL_FIELDS)
     return ap
 
 
 def evaluate(args) -> str:
     device = pick_device(args.device or "auto")
+    if args.eval_procs < 1:
+        raise InputError(f"--eval-procs must be >= 1, got {args.eval_procs}")
+    rank, world = init_from_env(device)
+    if world > 1 and args.eval_procs > 1:
+        raise InputError("--eval-procs starts ranks itself; under torchrun the ranks are torchrun's (leave it out)")
     ckpt = load_checkpoint(args.checkpoint, device)
     cfg = config_from_args(args, base=ckpt["config"], names=EVAL_FIELDS)
     out = args.out or args.checkpoint.parent
@@ -47,13 +57,11 @@ def evaluate(args) -> str:
         raise InputError(f"{info.path} has {info.num_classes} classes but the checkpoint's model has "
                          f"{trained['num_classes']}")
     other = other_data(info, ckpt["identity"]["dataset"], trained["image_shape"], cfg.allow_other_data)
-    data = eval_data(info, sample_indices(info.labels, cfg.eval_limit, cfg.seed), device)
-    report = robustness(ckpt["model"], data, cfg, trained["num_classes"])
-    report["checkpoint"] = str(args.checkpoint)
-    report["title"] = f"{cfg.method} on {info.manifest['dataset']}/{info.manifest['split']}"
-    if other:
-        report["other_data"] = "; ".join(other)
-    md = write_reports(report, out, report["title"])
+    title = f"{cfg.method} on {info.manifest['dataset']}/{info.manifest['split']}"
+    extra = {"checkpoint": str(args.checkpoint), **({"other_data": "; ".join(other)} if other else {})}
+    report, md = run_ranks(args.eval_procs, grade_beton, ckpt["model"], info, cfg, device, out, title, True, extra)
+    if rank > 0:
+        return "", 0  # rank 0 writes and prints the report
     return md, masked_exit([report], cfg.fail_on_masking)
 
 

@@ -27,7 +27,9 @@ import json
 import sys
 from pathlib import Path
 
-from .config import eps_key, upgrade
+from .config import upgrade
+from .options import eps_key
+from .runfiles import RunFiles
 from .errors import ArgumentParser, InputError, run_cli
 from .files import atomic_write, atomic_write_text
 
@@ -55,7 +57,8 @@ def robustbench_entry(ckpt: dict, run: Path, name: str) -> dict:
     from .models import timm_name
 
     cfg = upgrade(ckpt["config"])
-    report_path, summary_path = run / "robustness.json", run / "summary.json"
+    files = RunFiles(run)
+    report_path, summary_path = files.report, files.summary
     entry = {"link": "", "name": name, "authors": "", "additional_data": False,
              "number_forward_passes": 1, "dataset": ckpt["identity"]["dataset"], "venue": "",
              "architecture": f"{timm_name(ckpt['model_args']['name'])} (width {ckpt['model_args'].get('width', 1.0)})",

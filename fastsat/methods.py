@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .attacks import FGSMRS, NFGSM, PGD, TradesAttack, UniformNoise
 from .augment import augment
-from .data import Batch
+from .batch import Batch
 from .errors import InputError
 from .kernels import bits as bitlayout
 from .kernels.spec import derive_seed, random_prob

@@ -40,6 +40,7 @@ from .comparison import MASKED, run_one, side_by_side
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
 from .files import Locked, atomic_write_text
+from .runfiles import RunFiles
 from .schedule import Step, run_plan, slug, status
 from .stats import claims, fmt, half_width
 from .write_beton import write_dataset
@@ -57,8 +58,8 @@ BUDGETS = {  # TrainConfig settings per budget (the model and epochs every run s
 # gradient steps per image), and with PGD-5 on the whole test set (FULL_TEST).
 FULL_TEST = {"quick": 64, "full": 0}  # test images of the PGD-5 columns (0: all)
 TEACHERS = {  # name → (method, the checkpoint whose maps are used): the standard teacher's last epoch
-    "t_std": ("standard", "checkpoint.pt"),  # (robust selection means nothing for it), the PGD
-    "t_adv": ("pgd", "best.pt"),  # teacher's epoch of best holdout PGD accuracy
+    "t_std": ("standard", RunFiles.CHECKPOINT),  # (robust selection means nothing for it), the PGD
+    "t_adv": ("pgd", RunFiles.BEST),  # teacher's epoch of best holdout PGD accuracy
 }
 MAPS = {  # training beton → write_dataset's saliency keywords (teachers by name)
     "gbp_std": {"saliency": "gbp", "teacher": "t_std"},
@@ -141,7 +142,7 @@ class Steps:
                                      f"(content {had[:12]}… → {now[:12]}…)")
 
     def train(self, folder: Path, cfg: TrainConfig) -> dict:
-        fresh, t0 = not (folder / "summary.json").is_file(), time.perf_counter()
+        fresh, t0 = not RunFiles(folder).finished(), time.perf_counter()
         summary = run_one(cfg, progress=True)  # a finished run is read back, not trained again
         if fresh:
             self.done(f"train {folder.relative_to(self.out)}", time.perf_counter() - t0)
@@ -151,20 +152,17 @@ class Steps:
 def full_test(run: Path, cfg: TrainConfig, limit: int) -> dict:
     """Clean accuracy and the paper's PGD-5 (with the one-step saliency, stored-map and noise rows)
     on ``limit`` test images (0: all) — cheap enough for the whole test set."""
-    from .robustness import eval_data, robustness, sample_indices, write_reports
+    from .robustness import grade_beton
     from .runs import load_checkpoint, pick_device
 
     folder = run / "full_test"
-    if (folder / "robustness.json").is_file():
-        return json.loads((folder / "robustness.json").read_text())
+    if RunFiles(folder).report.is_file():
+        return RunFiles(folder).read("report")
     device = pick_device(cfg.device)
-    ckpt = load_checkpoint(run / "best.pt", device)
+    ckpt = load_checkpoint(RunFiles(run).best, device)
     pgd5 = replace(cfg, eval_steps=[5], eval_aa="none", eval_checks=False, eval_cascade=False, eval_limit=limit)
-    info = open_beton(cfg.val)
-    data = eval_data(info, sample_indices(info.labels, limit, cfg.seed), device)
-    report = robustness(ckpt["model"], data, pgd5, info.num_classes)
-    write_reports(report, folder, f"{cfg.method}: clean and PGD-5 on the test set")
-    return report
+    return grade_beton(ckpt["model"], open_beton(cfg.val), pgd5, device, folder,
+                       f"{cfg.method}: clean and PGD-5 on the test set")[0]
 
 
 CLAIMS = [  # the paper's claims: (claim, left student, right student, "better" or "not worse")
@@ -242,8 +240,8 @@ def plan(out: Path, args, steps: Steps) -> tuple[list[Step], Callable[[], str]]:
             for split in ("train", "test")]
     for name, (method, checkpoint) in TEACHERS.items():
         folder = out / "teachers" / name
-        cfg = replace(base, method=method, out=str(folder), select="robust" if checkpoint == "best.pt" else "last")
-        todo.append(Step(f"teacher {name}", ("beton train", "beton test"), (folder / "summary.json").is_file,
+        cfg = replace(base, method=method, out=str(folder), select="robust" if checkpoint == RunFiles.BEST else "last")
+        todo.append(Step(f"teacher {name}", ("beton train", "beton test"), RunFiles(folder).finished,
                          partial(steps.train, folder, cfg.validate())))
     for name, maps in MAPS.items():
         needs = tuple(f"teacher {t}" for t in maps.values() if t in TEACHERS)
@@ -311,7 +309,7 @@ def selected(run: Path) -> dict:
     selected model's training the map (rather than random signs) drove."""
     from .runs import metrics
 
-    summary = json.loads((run / "summary.json").read_text())
+    summary = RunFiles(run).read("summary")
     epoch = summary["selected"]["epoch"]
     p = next(m["p_random"] for m in metrics(run) if m["epoch"] == epoch)
     summary["selected"] = {**summary["selected"], "p_random": p}
@@ -346,11 +344,11 @@ def timing_done(out: Path, students: dict) -> bool:
 
 
 def student_done(folder: Path) -> bool:
-    return (folder / "summary.json").is_file() and (folder / "full_test" / "robustness.json").is_file()
+    return RunFiles(folder).finished() and RunFiles(folder / "full_test").report.is_file()
 
 
 def student(steps: Steps, folder: Path, cfg: TrainConfig, limit: int) -> None:
-    if (folder / "summary.json").is_file() and not (folder / "best.pt").is_file():
+    if RunFiles(folder).finished() and not RunFiles(folder).best.is_file():
         cfg = replace(cfg, overwrite=True)  # trained, not yet graded, and its checkpoint not kept: again
     steps.train(folder, cfg)
     full_test(folder, cfg, limit)

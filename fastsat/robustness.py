@@ -24,28 +24,82 @@ Writes ``robustness.json``, ``robustness.md`` and ``robustness.png`` (accuracy v
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .attacks import (PGD, AutoAttack, SaliencyAttack, SampleSeeds, StoredMapAttack, TradesAttack, UniformNoise,
-                      aa_package)
-from .config import eps_key
-from .data import to_unit
+from .attacks import (AA_IMPLS, PGD, AutoAttack, SaliencyAttack, SampleSeeds, StoredMapAttack, TradesAttack,
+                      UniformNoise, aa_package, require_impl)
+from .options import EPS_RULE, at_least, check_value, eps_key, opt, to_fraction, to_units
+from .batch import to_unit
 from .errors import InputError
 from .kernels import bits as bitlayout
 from .kernels.spec import derive_seed
 from .reader import BetonReader
+from .runfiles import RunFiles
 from .subsets import per_class, stratified
 
 PAPER_STEPS = [5, 20, 40]
 CHECK = {"steps": [5, 20, 40], "converged_points": 2.0, "large_eps": 64, "large_steps": 100,
          "large_max_acc": 2.0, "square_queries": 1000}  # the masking checks' settings, stated in reports
 EVAL_BATCH = 256
+
+
+@dataclass
+class EvalSettings:
+    """Every setting of a verdict: the ``eval_*`` flags (ε-like ones in 1/255) and the seed its random
+    draws derive from. ``TrainConfig`` extends it (a run is graded by its own settings); the Python
+    API and ``evaluate`` build it without any training code."""
+    seed: int = opt(0, "model init, loader order, holdout split, every random draw (the evaluation's too)", rule=at_least(0),
+                    evaluate=True)
+    eval_protocol: str = opt("default", "default: PGD-20 + AutoAttack + white-box saliency + worst case + "
+                                        "masking checks; paper: the paper's PGD-5/20/40, noise, TRADES, saliency",
+                             choices=lambda: ["default", "paper"], role="eval")
+    eval_eps: list = opt([1, 2, 3, 4, 8], "attack ε list, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
+    eval_steps: list = opt([20], "PGD steps list (the paper protocol uses 5,20,40)", rule=at_least(1), role="eval")
+    eval_noise: list = opt([8, 16, 32], "uniform-noise ε list, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
+    eval_step_size: float = opt(2.0, "PGD / TRADES attack step, in 1/255", rule=EPS_RULE, role="eval", eps_like=True)
+    eval_aa: str = opt("standard", "AutoAttack version (standard, rand), a list of its attacks (apgd-ce, "
+                                   "apgd-dlr, apgd-t, fab-t, square), or none", role="eval")
+    eval_aa_impl: str = opt("pyautoattack", "AutoAttack implementation: pyautoattack (the reference, packaged "
+                                             "fra31/auto-attack) or torchattacks (its components, run in sequence)",
+                            choices=lambda: list(AA_IMPLS), role="eval")
+    eval_aa_steps: int = opt(100, "APGD / FAB iterations of AutoAttack (its original: 100; torchattacks' "
+                                  "AutoAttack class: 10)", rule=at_least(1), role="eval")
+    eval_aa_queries: int = opt(5000, "Square queries of AutoAttack", rule=at_least(1), role="eval")
+    eval_checks: bool = opt(True, "run the gradient-masking checks (default protocol; adds PGD-5/40, "
+                                  "PGD-100 at ε = 64/255 and a Square attack)", role="eval")
+    eval_cascade: bool = opt(True, "default protocol: at each ε, attack only the samples every earlier attack "
+                                   "left correct (the same per-sample worst case, at a fraction of the cost; each "
+                                   "row then counts the rows above it); off: every attack on every sample",
+                             role="eval")
+    eval_limit: int = opt(0, "evaluate on a seeded, class-stratified sample of N test images (0: all)",
+                          rule=at_least(0), role="eval")
+
+    def fraction(self, name: str) -> float:
+        """An ε-like field as a fraction of 1, as attacks and kernels take it."""
+        assert next(f for f in dataclasses.fields(self) if f.name == name).metadata["eps_like"], name
+        return to_fraction(getattr(self, name))
+
+    def validate(self):
+        for f in dataclasses.fields(self):
+            check_value(f, getattr(self, f.name))
+        if self.eval_aa != "none":
+            try:
+                AutoAttack(version=self.eval_aa).components()
+            except ValueError as e:
+                raise InputError(f"--eval-aa: {e}") from None
+            require_impl(self.eval_aa_impl)
+        return self
+
+    def evaluation(self) -> "EvalSettings":
+        """The evaluation settings alone (of a ``TrainConfig``: its own, without the run's)."""
+        return EvalSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EvalSettings)})
 
 
 @dataclass
@@ -85,26 +139,67 @@ def eval_data(info, idx: np.ndarray, device) -> EvalData:
                      "split": info.manifest["split"], "size": info.num_samples})
 
 
-def correct_under(model, data: EvalData, attack=None, seed: int = 0, only: Optional[torch.Tensor] = None) -> torch.Tensor:
+def ranks() -> tuple[int, int]:
+    """This process's rank and the world size of the initialised process group (0, 1 without one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def batches(picked: np.ndarray, batch: int = EVAL_BATCH) -> list[np.ndarray]:
+    """The positions an attack runs on, in near-equal batches of at most ``batch`` (256: 360 → 180 +
+    180): formed from the positions alone, so the same whatever the number of ranks, and balanced
+    between ranks that take them in turn."""
+    return np.array_split(picked, -(-len(picked) // batch)) if len(picked) else []
+
+
+def gathered(local: torch.Tensor, device) -> torch.Tensor:
+    """Per-sample outcomes that each rank filled for its own batches (zeros elsewhere), summed over
+    ranks: every rank then holds every sample's outcome."""
+    rank, world = ranks()
+    if world == 1:
+        return local
+    import torch.distributed as dist
+
+    both = local.to(device)  # NCCL reduces device tensors, gloo host ones
+    dist.all_reduce(both)
+    return both.cpu()
+
+
+def correct_under(model, data: EvalData, attack=None, seed: int = 0, only: Optional[torch.Tensor] = None,
+                  batch: int = EVAL_BATCH) -> torch.Tensor:
     """(N,) bool: which samples the model gets right, under ``attack`` when given. With ``only``
-    ((N,) bool), just those samples are attacked; the others count as wrong. Each sample's random
-    draws come from its own stream (``seed`` and its index in the beton), so its outcome does not
-    depend on the samples that share its batch (AutoAttack's own draws excepted)."""
+    ((N,) bool), just those samples are attacked; the others count as wrong. Under a process group
+    each rank attacks every world-th batch and the outcomes are gathered, so every rank returns all
+    N. Each sample's draws come from its own stream (``seed`` and its index in the beton); an
+    AutoAttack batch's from a seed of its samples' indices, so outcomes do not depend on how many
+    ranks graded."""
     model.eval()
-    picked = torch.arange(len(data.y)) if only is None else only.cpu().nonzero().flatten()
-    out = torch.zeros(len(data.y), dtype=torch.bool)
-    for start in range(0, len(picked), EVAL_BATCH):
-        idx = picked[start:start + EVAL_BATCH]
-        x, y = data.pixels(idx).contiguous(memory_format=torch.channels_last), data.y[idx]
-        if attack is not None:
-            kwargs = {"generator": SampleSeeds(derive_seed(seed, int(i)) for i in data.indices[idx.numpy()])}
-            if isinstance(attack, StoredMapAttack):
-                kwargs["signs"] = bitlayout.signs_torch(data.bits[idx], tuple(data.x.shape[1:]),
-                                                        data.granularity).permute(0, 3, 1, 2)
-            x = attack(model, x, y, **kwargs)
-        with torch.no_grad():
-            out[idx] = (model(x).argmax(1) == y).cpu()
-    return out
+    rank, world = ranks()
+    picked = np.arange(len(data.y)) if only is None else only.cpu().nonzero().flatten().numpy()
+    out = torch.zeros(len(data.y), dtype=torch.uint8)
+    for j, idx in enumerate(batches(picked, batch)):
+        if j % world == rank:
+            out[idx] = _correct_batch(model, data, attack, seed, torch.from_numpy(idx)).to(torch.uint8)
+    return gathered(out, data.y.device).bool()
+
+
+def _correct_batch(model, data: EvalData, attack, seed: int, idx: torch.Tensor) -> torch.Tensor:
+    x, y = data.pixels(idx).contiguous(memory_format=torch.channels_last), data.y[idx]
+    if isinstance(attack, AutoAttack):  # it seeds torch's global stream itself: with the batch's own seed
+        attack = replace(attack, seed=derive_seed(seed, "batch", *data.indices[idx.numpy()]))
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            x = attack(model, x, y)
+    elif attack is not None:
+        kwargs = {"generator": SampleSeeds(derive_seed(seed, int(i)) for i in data.indices[idx.numpy()])}
+        if isinstance(attack, StoredMapAttack):
+            kwargs["signs"] = bitlayout.signs_torch(data.bits[idx], tuple(data.x.shape[1:]),
+                                                    data.granularity).permute(0, 3, 1, 2)
+        x = attack(model, x, y, **kwargs)
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).cpu()
 
 
 @dataclass
@@ -116,56 +211,58 @@ class Stage:
     counted: bool  # its ε is one of the worst case's
 
 
-def stages(cfg, data: EvalData, n_classes: int, aa_version: str) -> list[Stage]:
+def stages(settings, data: EvalData, n_classes: int, aa_version: str) -> list[Stage]:
     """The protocol in the order it runs: per ε, the white-box attacks (cheapest first, PGD's step
     counts together), the black-box masking check (Square, largest ε), then the black-box rows —
     AutoAttack among the white-box ones unless its list holds Square."""
-    step = cfg.eval_step_size / 255
-    paper, e_max = cfg.eval_protocol == "paper", max(cfg.eval_eps)
-    checks = cfg.eval_protocol == "default" and cfg.eval_checks
+    step = settings.fraction("eval_step_size")
+    paper, e_max = settings.eval_protocol == "paper", max(settings.eval_eps)
+    checks = settings.eval_protocol == "default" and settings.eval_checks
     aa = AutoAttack(version=aa_version).components() if aa_version != "none" else ()
     out = []
-    for e in sorted(cfg.eval_eps):
+    for e in sorted(settings.eval_eps):
+        f = to_fraction(e)
         checked_here = CHECK["steps"] if checks and e == e_max else []  # the step-count checks' PGD
-        steps = PAPER_STEPS if paper else sorted({*cfg.eval_steps, *checked_here})
-        auto = [("autoattack", AutoAttack(e / 255, aa_version, n_classes, cfg.eval_aa_steps, cfg.eval_aa_queries,
-                                          cfg.seed, cfg.eval_aa_impl))] if aa else []
-        white = [[("saliency", SaliencyAttack(e / 255))], [(f"pgd{k}", PGD(e / 255, step, k)) for k in steps]]
-        white += [[("trades", TradesAttack(e / 255, step, 5))]] if paper else []
+        steps = PAPER_STEPS if paper else sorted({*settings.eval_steps, *checked_here})
+        auto = [("autoattack", AutoAttack(f, aa_version, n_classes, settings.eval_aa_steps, settings.eval_aa_queries,
+                                          settings.seed, settings.eval_aa_impl))] if aa else []
+        white = [[("saliency", SaliencyAttack(f))], [(f"pgd{k}", PGD(f, step, k)) for k in steps]]
+        white += [[("trades", TradesAttack(f, step, 5))]] if paper else []
         white += [auto] if auto and "square" not in aa else []
-        black = [[("square", AutoAttack(e / 255, "square", queries=CHECK["square_queries"], seed=cfg.seed,
-                                        impl=cfg.eval_aa_impl))]] if checks and e == e_max else []
-        black += [[("noise", UniformNoise(e / 255))]] if e in cfg.eval_noise else []
-        black += [[("stored_map", StoredMapAttack(e / 255))]] if data.bits is not None and not paper else []
+        black = [[("square", AutoAttack(f, "square", queries=CHECK["square_queries"], seed=settings.seed,
+                                        impl=settings.eval_aa_impl))]] if checks and e == e_max else []
+        black += [[("noise", UniformNoise(f))]] if e in settings.eval_noise else []
+        black += [[("stored_map", StoredMapAttack(f))]] if data.bits is not None and not paper else []
         black += [auto] if auto and "square" in aa else []
         out += [Stage(e, rows, True) for rows in white + black]
-    out += [Stage(e, [("noise", UniformNoise(e / 255))], False) for e in cfg.eval_noise if e not in cfg.eval_eps]
+    out += [Stage(e, [("noise", UniformNoise(to_fraction(e)))], False)
+            for e in settings.eval_noise if e not in settings.eval_eps]
     return out
 
 
-def aa_version(cfg, stochastic: bool) -> str:
+def aa_version(settings, stochastic: bool) -> str:
     """The AutoAttack version that runs: ``rand`` (EOT) for a stochastic model, else the configured one."""
-    if cfg.eval_protocol == "paper" or cfg.eval_aa == "none":
+    if settings.eval_protocol == "paper" or settings.eval_aa == "none":
         return "none"
-    return "rand" if stochastic else cfg.eval_aa
+    return "rand" if stochastic else settings.eval_aa
 
 
-def settings(cfg, version: str) -> dict:
+def measured_with(settings, version: str) -> dict:
     """What every number in the report was measured with."""
-    s = {"protocol": cfg.eval_protocol, "seed": cfg.seed, "eps_units": "1/255, L-inf, pixels in [0, 1]",
-         "pgd": {"steps": PAPER_STEPS if cfg.eval_protocol == "paper" else cfg.eval_steps,
-                 "step_size": cfg.eval_step_size, "random_start": True, "restarts": 1, "iterate": "last"},
+    s = {"protocol": settings.eval_protocol, "seed": settings.seed, "eps_units": "1/255, L-inf, pixels in [0, 1]",
+         "pgd": {"steps": PAPER_STEPS if settings.eval_protocol == "paper" else settings.eval_steps,
+                 "step_size": settings.eval_step_size, "random_start": True, "restarts": 1, "iterate": "last"},
          "saliency": "white-box x - eps*sign(grad_x logit_y), one step", "noise": "U(-eps, eps) per element"}
-    if cfg.eval_protocol == "paper":
-        s["trades"] = {"steps": 5, "step_size": cfg.eval_step_size}
+    if settings.eval_protocol == "paper":
+        s["trades"] = {"steps": 5, "step_size": settings.eval_step_size}
     elif version != "none":
-        attacks = AutoAttack(version=version, impl=cfg.eval_aa_impl).components()
-        s["autoattack"] = {"version": version, "attacks": list(attacks), "steps": cfg.eval_aa_steps,
-                           "implementation": aa_package(cfg.eval_aa_impl),
-                           **({"square_queries": cfg.eval_aa_queries} if "square" in attacks else {})}
-        if version != cfg.eval_aa:
-            s["autoattack"]["switched_from"] = cfg.eval_aa
-    if cfg.eval_protocol == "default" and cfg.eval_checks:
+        attacks = AutoAttack(version=version, impl=settings.eval_aa_impl).components()
+        s["autoattack"] = {"version": version, "attacks": list(attacks), "steps": settings.eval_aa_steps,
+                           "implementation": aa_package(settings.eval_aa_impl),
+                           **({"square_queries": settings.eval_aa_queries} if "square" in attacks else {})}
+        if version != settings.eval_aa:
+            s["autoattack"]["switched_from"] = settings.eval_aa
+    if settings.eval_protocol == "default" and settings.eval_checks:
         s["masking_checks"] = CHECK
     return s
 
@@ -178,7 +275,13 @@ def is_stochastic(model, data: EvalData) -> bool:
     with torch.no_grad():
         a, b = model(x).float(), model(x).float()
     change = (a - b).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)
-    return bool((a.argmax(1) != b.argmax(1)).any() or change.max() > STOCHASTIC_TOL)
+    found = torch.tensor([int((a.argmax(1) != b.argmax(1)).any() or change.max() > STOCHASTIC_TOL)])
+    if ranks()[1] > 1:  # rank 0's finding decides for every rank, as one process would
+        import torch.distributed as dist
+
+        found = found.to(data.y.device)
+        dist.broadcast(found, 0)
+    return bool(found.item())
 
 
 STOCHASTIC_TOL = 1e-4  # relative change of the logits between two passes (AutoAttack's own check)
@@ -188,7 +291,8 @@ def _pct(correct: torch.Tensor) -> float:
     return 100.0 * correct.double().mean().item() if len(correct) else 0.0
 
 
-def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True) -> dict:
+def grade(model, data: EvalData, settings: EvalSettings, n_classes: int, progress: bool = True,
+          batch: int = EVAL_BATCH) -> dict:
     """Every attack of the protocol at every ε, the masking checks (default protocol) and the
     per-sample worst case over all of them; accuracies in %.
 
@@ -200,39 +304,47 @@ def robustness(model, data: EvalData, cfg, n_classes: int, progress: bool = True
     samples that every attack left correct."""
     from tqdm import tqdm
 
-    clean = correct_under(model, data)
+    clean = correct_under(model, data, batch=batch)
     stochastic = is_stochastic(model, data)
-    version = aa_version(cfg, stochastic)
-    cascade = cfg.eval_cascade and cfg.eval_protocol != "paper"
-    plan = stages(cfg, data, n_classes, version)
-    standing = {eps_key(e): clean.clone() for e in cfg.eval_eps}  # per ε: correct under every counted row so far
+    version = aa_version(settings, stochastic)
+    cascade = settings.eval_cascade and settings.eval_protocol != "paper"
+    plan = stages(settings, data, n_classes, version)
+    standing = {eps_key(e): clean.clone() for e in settings.eval_eps}  # per ε: correct under every counted row so far
     rows: dict[str, dict[str, torch.Tensor]] = {name: {} for name in row_order(plan)}
     ran_on: dict[str, dict[str, int]] = {name: {} for name in rows}
     seconds: dict[str, dict[str, float]] = {}  # where grading time goes: per row and ε, per check
-    bar = tqdm(total=sum(len(st.rows) for st in plan), desc="robustness", disable=not progress, leave=False)
+    bar = tqdm(total=sum(len(st.rows) for st in plan), desc="robustness", disable=not progress or ranks()[0] > 0,
+               leave=False)
     for st in plan:
         key = eps_key(st.eps)
         only = standing[key].clone() if cascade and st.counted else None
         for name, attack in st.rows:
             rows[name][key] = timed(seconds, name, key, lambda: correct_under(
-                model, data, attack, seed=derive_seed(cfg.seed, "eval", name, key), only=only))
+                model, data, attack, seed=derive_seed(settings.seed, "eval", name, key), only=only, batch=batch))
             ran_on[name][key] = len(data.y) if only is None else int(only.sum())
             bar.update()
         for name, _ in st.rows if st.counted else ():
             standing[key] &= rows[name][key]
     bar.close()
-    checked = cfg.eval_protocol == "default" and cfg.eval_checks
-    masking = masking_checks(model, data, cfg, rows, clean, standing, version, seconds, cascade) if checked else None
+    checked = settings.eval_protocol == "default" and settings.eval_checks
+    masking = masking_checks(model, data, settings, rows, clean, standing, version, seconds, cascade,
+                             batch) if checked else None
     attacks = {name: {e: _pct(c) for e, c in by_eps.items()} for name, by_eps in rows.items()}
     attacks["worst_case"] = {e: _pct(standing[e]) for e in sorted(standing, key=float)}
     robust = {e: data.indices[standing[e].numpy()].tolist() for e in attacks["worst_case"]}
     report = {"n": len(data.y), "per_class": data.per_class, "data": data.source,
-              "settings": settings(cfg, version) | {"cascade": cascade}, "clean": _pct(clean), "attacks": attacks,
-              "ran_on": ran_on, "robust_indices": robust, "stochastic": stochastic, "masked": False, "seconds": seconds}
+              "settings": measured_with(settings, version) | {"cascade": cascade, "batch": batch},
+              "clean": _pct(clean), "attacks": attacks, "ran_on": ran_on, "robust_indices": robust,
+              "stochastic": stochastic, "masked": False, "seconds": seconds, "ranks": ranks()[1]}
     if len(data.y) < data.source["size"]:
         report["indices"] = data.indices.tolist()
+    return with_masking(report, masking)
+
+
+def with_masking(report: dict, masking: Optional[dict]) -> dict:
+    """The report with its masking checks (``monotone_in_eps`` added from its rows) and verdict."""
     if masking is not None:
-        masking["checks"].insert(0, monotone_in_eps(attacks, masking.pop("tolerance")))
+        masking["checks"].insert(0, monotone_in_eps(report["attacks"], masking.pop("tolerance")))
         masking["passed"] = all(c["passed"] for c in masking["checks"])
         report["masking"] = masking
         report["masked"] = not masking["passed"]
@@ -264,8 +376,8 @@ def white_box_rows(rows, aa_attacks: tuple) -> list[str]:
             or (n == "autoattack" and "square" not in aa_attacks)]
 
 
-def masking_checks(model, data: EvalData, cfg, rows: dict, clean, standing: dict, version: str, seconds: dict,
-                   cascade: bool) -> dict:
+def masking_checks(model, data: EvalData, settings, rows: dict, clean, standing: dict, version: str, seconds: dict,
+                   cascade: bool, batch: int = EVAL_BATCH) -> dict:
     """Pass/fail flags that gradient masking would trip (Athalye et al. 2018; Carlini et al. 2019),
     from the rows at the largest ε (PGD-5/20/40 on one set of samples, Square on the samples every
     white-box attack left correct) and PGD-100 at ε = 64/255 (in a cascade, on the samples nothing
@@ -273,12 +385,12 @@ def masking_checks(model, data: EvalData, cfg, rows: dict, clean, standing: dict
     caller once every row is in."""
     n = len(data.y)
     tol = max(100.0 / max(n, 1), 0.5)  # one sample, or half a point
-    e_max = max(cfg.eval_eps)
+    e_max = max(settings.eval_eps)
     key = eps_key(e_max)
-    large = CHECK["large_eps"] / 255
+    large = to_fraction(CHECK["large_eps"])
     large_pgd = PGD(large, 2.5 * large / CHECK["large_steps"], CHECK["large_steps"])
     large_acc = _pct(timed(seconds, "pgd_large (check)", f"{CHECK['large_eps']}", lambda: correct_under(
-        model, data, large_pgd, seed=derive_seed(cfg.seed, "eval", "pgd_large"), only=standing[key] if cascade else None)))
+        model, data, large_pgd, seed=derive_seed(settings.seed, "eval", "pgd_large"), only=standing[key] if cascade else None, batch=batch)))
     by_steps = {k: _pct(rows[f"pgd{k}"][key]) for k in CHECK["steps"]}
     aa = AutoAttack(version=version).components() if version != "none" else ()
     white_rows = white_box_rows(rows, aa)
@@ -398,35 +510,52 @@ def write_reports(report: dict, out: Path, title: str) -> str:
     from .files import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "robustness.json", json.dumps(report, indent=1))
+    files = RunFiles(out)
+    atomic_write_text(files.report, json.dumps(report, indent=1))
     md = table(report)
-    atomic_write_text(out / "robustness.md", f"# {title}\n\n{md}\n")
-    plot(report, out / "robustness.png", title)
+    atomic_write_text(files.report_md, f"# {title}\n\n{md}\n")
+    plot(report, files.report_plot, title)
     return md
+
+
+def grade_beton(model, info, settings: EvalSettings, device, out: Path, title: str, progress: bool = True,
+                extra: Optional[dict] = None) -> tuple[dict, str]:
+    """The verdict of ``model`` on the beton ``info`` (all of it, or the seeded, stratified sample of
+    ``eval_limit`` images), with ``extra`` keys and ``title``, its reports written to ``out``; the
+    report and its markdown table. What a run's final report, ``evaluate`` and ``reproduce`` do."""
+    settings = settings.evaluation()
+    data = eval_data(info, sample_indices(info.labels, settings.eval_limit, settings.seed), device)
+    report = grade(model, data, settings, info.num_classes, progress=progress)
+    report.update(extra or {}, title=title)
+    return report, write_reports(report, out, title) if ranks()[0] == 0 else table(report)  # one writer
 
 
 def verdict(model, x: torch.Tensor, y: torch.Tensor, eps=(2 / 255, 4 / 255, 8 / 255), *, aa: str = "standard",
             aa_impl: str = "pyautoattack", aa_steps: int = 100, aa_queries: int = 5000, pgd_steps=(20,),
             step_size: float = 2 / 255, noise=(8 / 255,), checks: bool = True, cascade: bool = True,
-            seed: int = 0, progress: bool = False) -> dict:
+            seed: int = 0, progress: bool = False, procs: int = 1, batch_size: int = EVAL_BATCH) -> dict:
     """The default protocol's report on any PyTorch classifier: ``model`` maps (N, C, H, W) pixels in
     [0, 1] to (N, classes) logits; ``x`` such pixels, ``y`` (N,) labels; ε, steps and noise in
     fractions of 1 (as torchattacks and AutoAttack take them). Returns the report ``evaluate``
     writes: every attack's accuracy (%), the per-sample worst case, the masking checks and
-    ``masked`` / ``stochastic``."""
-    from .config import TrainConfig
+    ``masked`` / ``stochastic``. ``procs`` > 1 grades on that many local processes (CPU, one share
+    of the threads each; the model must pickle), sample for sample as one process would;
+    ``batch_size`` bounds the attacks' batches (their composition is part of AutoAttack's result)."""
+    from .distributed import run_ranks
 
     x, y, n_classes = _checked_inputs(model, x, y)
     if any(not 0 < e <= 1 for e in (*eps, *noise, step_size)):
         raise InputError(f"ε, noise and step size are fractions of 1 in (0, 1], got eps {list(eps)}, "
                          f"noise {list(noise)}, step {step_size}")
-    cfg = TrainConfig(eval_eps=[e * 255 for e in eps], eval_noise=[e * 255 for e in noise],
-                      eval_step_size=step_size * 255, eval_steps=list(pgd_steps), eval_aa=aa, eval_aa_impl=aa_impl,
-                      eval_aa_steps=aa_steps, eval_aa_queries=aa_queries, eval_checks=checks, eval_cascade=cascade,
-                      seed=seed).validate()
+    settings = EvalSettings(eval_eps=[to_units(e) for e in eps], eval_noise=[to_units(e) for e in noise],
+                            eval_step_size=to_units(step_size), eval_steps=list(pgd_steps), eval_aa=aa,
+                            eval_aa_impl=aa_impl, eval_aa_steps=aa_steps, eval_aa_queries=aa_queries, eval_checks=checks,
+                            eval_cascade=cascade, seed=seed).validate()
     data = EvalData(x, y, None, None, np.arange(len(y)), per_class(y.cpu().numpy(), np.arange(len(y))),
                     {"beton": None, "dataset": "tensors", "split": "given", "size": len(y)})
-    return robustness(model, data, cfg, n_classes, progress=progress)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    return run_ranks(procs, grade, model, data, settings, n_classes, progress, batch_size)
 
 
 def _checked_inputs(model, x, y) -> tuple[torch.Tensor, torch.Tensor, int]:

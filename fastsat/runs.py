@@ -31,13 +31,12 @@ from .errors import InputError
 from .files import atomic_write, atomic_write_text, pid_alive
 from .methods import METHODS
 from .models import build_model
+from .runfiles import RunFiles
 from .subsets import per_class
 
 if TYPE_CHECKING:
     from .robustness import EvalData
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
 
 
 def rank_world() -> tuple[int, int]:
@@ -122,7 +121,7 @@ def load_checkpoint(path: Path, device) -> dict:
 def _is_run(folder: Path) -> bool:
     """``config.json`` of a run (its kind says so)."""
     try:
-        return json.loads((folder / "config.json").read_text()).get("kind") == RUN_KIND
+        return json.loads(RunFiles(folder).config.read_text()).get("kind") == RUN_KIND
     except (OSError, ValueError, AttributeError, TypeError):
         return False
 
@@ -189,7 +188,7 @@ def recover(out: Path) -> None:
     for p in out.parent.iterdir():
         pid = p.name[len(prefix):]
         if p.name.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid)):
-            if (out / CHECKPOINT).is_file():
+            if RunFiles(out).checkpoint.is_file():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 shutil.rmtree(out, ignore_errors=True)
@@ -230,9 +229,9 @@ def model_args(cfg: TrainConfig, info: BetonInfo) -> dict:
 
 def resume_state(cfg: TrainConfig, out: Path, identity: dict) -> dict:
     """The checkpoint to continue from, checked: same data, same settings (or --allow-change)."""
-    if not (out / CHECKPOINT).is_file():
-        raise InputError(f"--resume: no {CHECKPOINT} in {out}")
-    state = read_checkpoint(out / CHECKPOINT)
+    if not RunFiles(out).checkpoint.is_file():
+        raise InputError(f"--resume: no {RunFiles.CHECKPOINT} in {out}")
+    state = read_checkpoint(RunFiles(out).checkpoint)
     if state["identity"] != identity:
         raise InputError(f"--resume: {cfg.train} is not the data the run in {out} was trained on")
     changed = differing(upgrade(state["config"]), cfg, roles=("run",))  # evaluation and bookkeeping may change
@@ -267,7 +266,7 @@ def load_weights(run: Run) -> None:
 
 def write_config(run: Run, hold_idx: np.ndarray) -> None:
     """config.json (a run's marker): the config, provenance, the holdout; on resume, the changes."""
-    path = run.out / "config.json"
+    path = RunFiles(run.out).config
     if run.state is not None:
         saved = json.loads(path.read_text())
         if run.state["changed"]:
@@ -282,17 +281,17 @@ def write_config(run: Run, hold_idx: np.ndarray) -> None:
     data = {"train": content_id(run.info.manifest), "val": content_id(run.val_info.manifest)}
     atomic_write_text(path, json.dumps({"kind": RUN_KIND, "config": saved_config(run.cfg), "data": data,
                                         "holdout": holdout, **provenance()}, indent=1))
-    (run.out / "metrics.jsonl").unlink(missing_ok=True)
+    RunFiles(run.out).metrics.unlink(missing_ok=True)
 
 
 def metrics(out: Path) -> list[dict]:
     """A run folder's metrics.jsonl, one dict per epoch line."""
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in RunFiles(out).metrics.read_text().splitlines() if line.strip()]
 
 
 def read_history(run: Run) -> list[dict]:
     """metrics.jsonl up to the checkpoint's epoch (lines of epochs it did not save are dropped)."""
-    path = run.out / "metrics.jsonl"
+    path = RunFiles(run.out).metrics
     if run.state is None or not path.is_file():
         return []
     kept = [m for m in metrics(run.out) if m["epoch"] < run.state["epoch"]]
@@ -304,7 +303,7 @@ def read_history(run: Run) -> list[dict]:
 def save_epoch(run: Run, epoch: int, line: dict, stats: dict, best: dict) -> None:
     """metrics.jsonl (and metrics.csv) first, then the checkpoint (a kill between them: the resume
     drops the line)."""
-    with open(run.out / "metrics.jsonl", "a") as f:
+    with open(RunFiles(run.out).metrics, "a") as f:
         f.write(json.dumps(line) + "\n")
     if run.cfg.log_csv:
         write_csv(run.out)
@@ -313,9 +312,9 @@ def save_epoch(run: Run, epoch: int, line: dict, stats: dict, best: dict) -> Non
              "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
              "rng": torch.get_rng_state(), "stats": stats, "best": best, **provenance()}
     if line["best"]:
-        save_checkpoint(run.out / BEST, {k: state[k] for k in ("config", "model_args", "identity", "epoch",
+        save_checkpoint(RunFiles(run.out).best, {k: state[k] for k in ("config", "model_args", "identity", "epoch",
                                                               "model_state", "best")})
-    save_checkpoint(run.out / CHECKPOINT, state)
+    save_checkpoint(RunFiles(run.out).checkpoint, state)
 
 
 def write_csv(out: Path) -> None:
@@ -329,4 +328,4 @@ def write_csv(out: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(lines)
-    atomic_write_text(out / "metrics.csv", buf.getvalue())
+    atomic_write_text(RunFiles(out).metrics_csv, buf.getvalue())

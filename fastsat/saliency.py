@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import to_unit
+from .batch import to_unit
 from .errors import InputError
 from .models import relu_not_inplace
 from .registry import Registry

@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
 from .files import atomic_write_text
 from .reproduce import BUDGETS, Steps
+from .runfiles import RunFiles
 from .schedule import Step, run_plan, slug
 
 ARMS = {  # label → (method, training beton of fastsat.reproduce's MAPS, or "train": the silhouette)
@@ -84,7 +85,7 @@ def pilot_plan(out: Path, steps: Steps) -> tuple[list[Step], callable]:
     for (recipe, arm, seed), cfg in cfgs.items():
         beton = ARMS[arm][1]
         todo.append(Step(f"pilot {recipe} {arm} seed {seed}", (f"beton {beton}", "beton test"),
-                         (Path(cfg.out) / "summary.json").is_file, partial(steps.train, Path(cfg.out), cfg)))
+                         RunFiles(cfg.out).finished, partial(steps.train, Path(cfg.out), cfg)))
     return todo, partial(pilot_report, out, cfgs)
 
 
@@ -96,7 +97,7 @@ def pilot_report(out: Path, cfgs: dict) -> str:
     students, jumps, last = [], {r: [] for r in RECIPES}, {r: [] for r in RECIPES}
     for (recipe, arm, seed), cfg in cfgs.items():
         m = metrics(Path(cfg.out))
-        summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+        summary = RunFiles(cfg.out).read("summary")
         rob = summary["robustness"]
         students.append({"recipe": recipe, "arm": arm, "seed": seed,
                          "holdout_clean": [round(x["holdout_clean"], 1) for x in m],
@@ -127,7 +128,7 @@ def signs(args) -> str:
 
     if args.threads < 0:
         raise InputError(f"--threads must be >= 0, got {args.threads}")
-    if not (args.teachers / "t_adv" / "best.pt").is_file():
+    if not RunFiles(args.teachers / "t_adv").best.is_file():
         raise InputError(f"{args.teachers}: no adversarial teacher (t_adv/best.pt) there")
     if args.threads:
         torch.set_num_threads(args.threads)

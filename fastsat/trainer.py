@@ -25,14 +25,16 @@ import torch
 from .attacks import PGD
 from .beton import BetonInfo, content_id, open_beton
 from .config import TrainConfig
-from .data import make_batches, step_seed
+from .batch import step_seed
+from .data import make_batches
 from .errors import InputError
 from .files import atomic_write_text
 from .methods import METHODS, p_random, train_step
 from .models import build_model
 from .pruning import apply_masks, magnitude_masks, measured_sparsity
-from .robustness import correct_under, eval_data, robustness, sample_indices, write_reports
-from .runs import (BEST, CHECKPOINT, Run, RunFolder, load_checkpoint, load_weights, other_data, pick_device,
+from .robustness import correct_under, eval_data, grade_beton, sample_indices
+from .runfiles import RunFiles
+from .runs import (Run, RunFolder, load_checkpoint, load_weights, other_data, pick_device,
                    rank_world, read_history, recover, resume_state, save_epoch, write_config)
 from .subsets import holdout_split
 
@@ -47,6 +49,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             line = train_epoch(run, epoch)
             stats["train_seconds"] += line["epoch_seconds"]
             stats["images"] += line["images"]
+            holdout_scores(run, line)  # every rank grades its share of the holdout
             if run.rank == 0:
                 select(run, line, history, best)
                 save_epoch(run, epoch, line, stats, best)
@@ -58,10 +61,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if run.folder is not None and run.rank == 0:
             run.folder.restore()  # no checkpoint yet: the replaced run comes back
         raise
-    summary = final_report(run, stats, best) if run.rank == 0 else {}
     if run.world > 1:
-        torch.distributed.barrier()
-    return summary
+        torch.distributed.barrier()  # rank 0's last checkpoint is on disk
+    return final_report(run, stats, best)  # every rank grades its share; rank 0 writes
 
 
 def setup(cfg: TrainConfig, progress: bool = True) -> Run:
@@ -189,7 +191,7 @@ def train_epoch(run: Run, epoch: int) -> dict:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     if first_bad.item() >= 0:
-        kept = f"{CHECKPOINT} and {BEST} keep epoch {epoch - 1}" if epoch else "no checkpoint was written"
+        kept = f"{RunFiles.CHECKPOINT} and {RunFiles.BEST} keep epoch {epoch - 1}" if epoch else "no checkpoint was written"
         raise InputError(f"epoch {epoch}, step {first_bad.item()}: the training loss is not finite (learning rate "
                          f"or another setting too large?); training stopped, {kept}")
     line = {"epoch": epoch, "lr": lr, "loss": loss_sum.item() / seen, "train_acc": 100.0 * correct.item() / seen,
@@ -209,12 +211,17 @@ def criterion(cfg: TrainConfig) -> str:
     return METHODS.get(cfg.method).selection if cfg.select in ("auto", "last") else cfg.select
 
 
-def select(run: Run, line: dict, history: list, best: dict) -> None:
-    """Holdout clean and PGD accuracy into ``line``; ``best`` updated; catastrophic overfitting flagged."""
+def holdout_scores(run: Run, line: dict) -> None:
+    """Holdout clean and PGD accuracy into ``line`` (under a process group, sharded over the ranks)."""
     cfg = run.cfg
     pgd = PGD(cfg.fraction("eps"), cfg.fraction("eps") / 4, cfg.select_steps)
     line["holdout_clean"] = 100.0 * correct_under(run.model, run.holdout).float().mean().item()
     line["holdout_pgd"] = 100.0 * correct_under(run.model, run.holdout, pgd, seed=cfg.seed).float().mean().item()
+
+
+def select(run: Run, line: dict, history: list, best: dict) -> None:
+    """``best`` updated from the epoch's holdout scores; catastrophic overfitting flagged."""
+    cfg = run.cfg
     previous = history[-1]["holdout_pgd"] if history else None
     if collapsed(previous, line["holdout_pgd"], cfg.co_drop):
         line["catastrophic_overfitting"] = True
@@ -256,23 +263,20 @@ def _log(run: Run, line: dict) -> None:
 def final_report(run: Run, stats: dict, best: dict) -> dict:
     """The selected checkpoint (best or last) evaluated on the test beton; summary.json."""
     cfg = run.cfg
-    which = CHECKPOINT if cfg.select == "last" or not (run.out / BEST).is_file() else BEST
-    ckpt = load_checkpoint(run.out / which, run.device)
-    data = eval_data(run.val_info, sample_indices(run.val_info.labels, cfg.eval_limit, cfg.seed), run.device)
-    report = robustness(ckpt["model"], data, cfg, run.info.num_classes, progress=run.progress)
-    report["selected"] = {"checkpoint": which, "epoch": ckpt["epoch"] - 1,
-                          "by": f"holdout {criterion(cfg)} accuracy" if which == BEST else "last epoch"}
-    title = f"{cfg.method}, {cfg.model} (width {cfg.width}), {run.info.manifest['dataset']}"
-    report["title"] = title
+    which = RunFiles(run.out).selected(last=cfg.select == "last")
+    ckpt = load_checkpoint(which, run.device)
+    selected = {"checkpoint": which.name, "epoch": ckpt["epoch"] - 1,
+                "by": f"holdout {criterion(cfg)} accuracy" if which.name == RunFiles.BEST else "last epoch"}
     other = other_data(run.val_info, run.info.manifest["dataset"], run.info.image_shape, allowed=True)
-    if other:
-        report["other_data"] = "; ".join(other)
-    table = write_reports(report, run.out, title)
+    report, table = grade_beton(ckpt["model"], run.val_info, cfg, run.device, run.out,
+                                f"{cfg.method}, {cfg.model} (width {cfg.width}), {run.info.manifest['dataset']}",
+                                run.progress, {"selected": selected, **({"other_data": "; ".join(other)} if other else {})})
     summary = {"method": cfg.method, "seed": cfg.seed, "masked": report["masked"],
                "train_seconds": stats["train_seconds"],
                "images_per_s": stats["images"] / stats["train_seconds"], "selected": report["selected"],
                "sparsity": measured_sparsity(run.model), "robustness": report}
-    atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=1))
+    if run.rank == 0:
+        atomic_write_text(RunFiles(run.out).summary, json.dumps(summary, indent=1))
     return {**summary, "table": table}
 
 

@@ -67,9 +67,11 @@ def test_no_import_cycle():
             visit(node)
 
 
-def test_no_library_function_is_over_50_lines():
+def test_no_function_is_over_50_lines():
+    """Library modules and benchmarks alike."""
+    files = {**modules(), **{f"bench.{p.stem}": p for p in (ROOT / "bench").glob("*.py")}}
     long = [f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for name, path in modules().items() for node in ast.walk(ast.parse(path.read_text()))
+            for name, path in files.items() for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 50]
     assert not long
 
@@ -150,3 +152,57 @@ def test_parsing_flags_loads_no_triton():
     code = "import sys; from fastsat.train import parser; parser().parse_args([]); print('triton' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def floors(g: dict) -> dict[str, int]:
+    """Each module's floor: 1 for a module importing nothing of the project, else one above the
+    highest module it imports (the import graph's height, checked acyclic above)."""
+    memo: dict[str, int] = {}
+
+    def floor(m: str) -> int:
+        if m not in memo:
+            memo[m] = 1 + max((floor(d) for d in g[m]), default=0)
+        return memo[m]
+
+    return {m: floor(m) for m in g}
+
+
+MAX_FLOORS = 9  # docs/ARCHITECTURE.md states the figure
+
+
+def test_the_import_graph_is_at_most_nine_floors():
+    height = floors(graph())
+    top = max(height.values())
+    chain = sorted(height, key=height.get, reverse=True)[:3]
+    assert top <= MAX_FLOORS, f"{top} floors: {chain}"
+
+
+def test_only_the_run_folder_owner_names_a_runs_files():
+    """Every module asks ``RunFiles`` for a run's files (``config.json`` aside: an export writes timm's
+    own file of that name); none spells them to build a path (prose in help and messages aside)."""
+    from fastsat.runfiles import RunFiles
+
+    names = {RunFiles.METRICS, RunFiles.METRICS_CSV, RunFiles.CHECKPOINT, RunFiles.BEST, RunFiles.SUMMARY,
+             RunFiles.REPORT, RunFiles.REPORT_MD, RunFiles.REPORT_PLOT}
+    spelled = []
+    for name, path in modules().items():
+        if name == "fastsat.runfiles":
+            continue
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))
+                and n.body and isinstance(n.body[0], ast.Expr)}
+        spelled += [f"{name}:{n.lineno} {n.value}" for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                    and n.value in names and id(n) not in docs]
+    assert not spelled
+
+
+def test_the_verdict_imports_no_training_code():
+    """``fastsat.verdict`` grades any classifier: it must not pull in the trainer, the methods, the
+    loaders or the beton writer."""
+    code = ("import sys, fastsat; fastsat.verdict; "
+            "print(sorted(m for m in sys.modules if m.startswith('fastsat')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    loaded = set(eval(proc.stdout))  # a list of module names
+    assert "fastsat.robustness" in loaded, proc.stderr
+    assert not loaded & {"fastsat.trainer", "fastsat.methods", "fastsat.config", "fastsat.data", "fastsat.beton",
+                         "fastsat.ffcv_write", "fastsat.runs"}, loaded

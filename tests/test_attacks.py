@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from fastsat.attacks import FGSMRS, PGD, SaliencyAttack, StoredMapAttack, UniformNoise
 from fastsat.config import TrainConfig
-from fastsat.data import Batch
+from fastsat.batch import Batch
 from fastsat.methods import training_loss
 from fastsat.models import build_model
 from fastsat.robustness import correct_under, eval_data, sample_indices

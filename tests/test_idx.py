@@ -7,7 +7,7 @@ import torch
 
 from fastsat.beton import open_beton
 from fastsat.config import TrainConfig
-from fastsat.data import Batch
+from fastsat.batch import Batch
 from fastsat.kernels import bits as bitlayout
 from fastsat.methods import METHODS, train_step
 from fastsat.models import build_model

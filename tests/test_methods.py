@@ -6,7 +6,7 @@ import torch
 from fastsat.attacks import FGSMRS, PGD, TradesAttack
 from fastsat.kernels import bits as bitlayout
 from fastsat.config import TrainConfig
-from fastsat.data import Batch
+from fastsat.batch import Batch
 from fastsat.errors import InputError
 from fastsat.kernels.sat import random_prob
 from fastsat.kernels.spec import derive_seed

@@ -12,7 +12,7 @@ from fastsat.beton import open_beton
 from fastsat.comparison import mean_ci
 from fastsat.config import TrainConfig
 from fastsat.evaluate import main as evaluate_main
-from fastsat.robustness import EvalData, monotone_in_eps, robustness, sample_indices
+from fastsat.robustness import EvalData, grade, monotone_in_eps, sample_indices
 from fastsat.subsets import holdout_split, stratified
 from fastsat.train import main as train_main
 from fastsat.trainer import collapsed
@@ -59,7 +59,7 @@ def small_cfg(**kw):
 
 def test_worst_case_and_flags_on_a_normal_model(trained):
     model, x, y, _ = trained
-    report = robustness(model, as_data(x[:64], y[:64]), small_cfg(), 10, progress=False)
+    report = grade(model, as_data(x[:64], y[:64]), small_cfg(), 10, progress=False)
     rows = report["attacks"]
     for e, worst in rows["worst_case"].items():
         assert all(worst <= by_eps[e] for name, by_eps in rows.items() if e in by_eps)
@@ -72,7 +72,7 @@ def test_masking_flags_fail_on_a_masked_model(trained):
     masked = Quantised(model).eval()
     data = as_data(x[:64], y[:64])
     cfg = small_cfg(eval_aa="none")
-    report = robustness(masked, data, cfg, 10, progress=False)
+    report = grade(masked, data, cfg, 10, progress=False)
     checks = {c["name"]: c for c in report["masking"]["checks"]}
     assert not report["masking"]["passed"]
     assert not checks["large_eps_breaks"]["passed"]

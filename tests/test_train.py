@@ -175,6 +175,26 @@ def test_compare_runner(tmp_path, tiny_flags, capsys):
     assert compare_main([*flags[:-2], "--seeds", "0"]) == 2
 
 
+def test_compare_jobs_train_in_processes_and_a_failing_one_ends_all(tmp_path, tiny_flags, capsys):
+    """--jobs 2: the runs are trained by two processes (each one thread) and read back by the table;
+    a run that cannot start (its folder holds something else) ends the comparison in one line."""
+    import multiprocessing
+
+    out = tmp_path / "cmp"
+    flags = [*tiny_flags, "--methods", "standard,noise,sign", "--epochs", "1", "--out", str(out), "--jobs", "2"]
+    (out / "sign").mkdir(parents=True)
+    (out / "sign" / "notes.txt").write_text("not a run")
+    assert compare_main(flags) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "sign, seed 0" in err[0] and "another run" in err[0], err
+    assert not multiprocessing.active_children()
+    (out / "sign" / "notes.txt").unlink()
+    assert compare_main(flags) == 0
+    for method in ("standard", "noise", "sign"):
+        summary = json.loads((out / method / "summary.json").read_text())
+        assert summary["method"] == method
+
+
 def test_frontier_labels_of_close_points_are_spread():
     from fastsat.plots import spread_labels
 
@@ -251,7 +271,7 @@ def test_label_smoothing_reaches_the_loss():
     import torch.nn.functional as F
 
     from fastsat.config import TrainConfig
-    from fastsat.data import Batch
+    from fastsat.batch import Batch
     from fastsat.methods import training_loss
     from fastsat.models import build_model
 

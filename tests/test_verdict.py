@@ -14,7 +14,7 @@ from fastsat.compare import main as compare_main
 from fastsat.config import TrainConfig
 from fastsat.errors import MASKED_EXIT
 from fastsat.evaluate import main as evaluate_main
-from fastsat.robustness import robustness, step_flags, table, white_box_rows
+from fastsat.robustness import grade, step_flags, table, white_box_rows
 from fastsat.train import main as train_main
 
 from test_robustness import Quantised as QuantisedBy
@@ -69,7 +69,7 @@ def test_default_autoattack_reaches_fab_and_square_on_a_robust_channels_last_mod
     x, y = digits_batch(digits, 48)
     cfg = TrainConfig(eval_eps=[2], eval_noise=[8], eval_aa="standard", eval_aa_steps=3, eval_aa_queries=30,
                       eval_checks=False)
-    report = robustness(model, as_data(x, y), cfg, 10, progress=False)
+    report = grade(model, as_data(x, y), cfg, 10, progress=False)
     assert fab.calls > 0 and square.calls > 0  # every AutoAttack component ran on surviving samples
     rows = report["attacks"]
     assert 0 < rows["autoattack"]["2"] <= report["clean"]
@@ -130,7 +130,7 @@ MASK_CFG = dict(eval_eps=[2, 8], eval_noise=[8], eval_steps=[20], eval_aa="apgd-
 @pytest.mark.parametrize("wrapper", [Quantised, Saturated])
 def test_masked_models_are_marked_and_the_worst_case_counts_the_checks(trained, wrapper):
     model, x, y, _ = trained
-    report = robustness(wrapper(model).eval(), as_data(x[:64], y[:64]), TrainConfig(**MASK_CFG), 10, progress=False)
+    report = grade(wrapper(model).eval(), as_data(x[:64], y[:64]), TrainConfig(**MASK_CFG), 10, progress=False)
     assert report["masked"] and report["failed_checks"]
     rows = report["attacks"]
     assert "square" in rows and "pgd40" in rows  # the checks' attacks are rows of the report
@@ -164,7 +164,7 @@ def test_a_masked_run_is_marked_in_a_comparison_and_in_the_exit_code(trained, tm
     from fastsat.runs import load_checkpoint
 
     model, x, y, run = trained
-    report = robustness(Quantised(model).eval(), as_data(x[:64], y[:64]), TrainConfig(**MASK_CFG), 10,
+    report = grade(Quantised(model).eval(), as_data(x[:64], y[:64]), TrainConfig(**MASK_CFG), 10,
                         progress=False)
     summaries = {"masked": [{"method": "standard", "seed": 0, "train_seconds": 1.0, "images_per_s": 1.0,
                              "robustness": report}]}
@@ -188,11 +188,11 @@ def test_a_masked_run_is_marked_in_a_comparison_and_in_the_exit_code(trained, tm
 def test_a_randomised_model_is_detected_and_attacked_with_eot(trained):
     model, x, y, _ = trained
     cfg = TrainConfig(eval_eps=[8], eval_noise=[8], eval_aa="standard", eval_aa_steps=2, eval_checks=False)
-    report = robustness(RandomTransform(model).eval(), as_data(x[:32], y[:32]), cfg, 10, progress=False)
+    report = grade(RandomTransform(model).eval(), as_data(x[:32], y[:32]), cfg, 10, progress=False)
     aa = report["settings"]["autoattack"]
     assert report["stochastic"] and aa["version"] == "rand" and aa["switched_from"] == "standard"
     assert aa["attacks"] == ["apgd-ce", "apgd-dlr"] and "stochastic" in json.dumps(report)
-    plain = robustness(model, as_data(x[:32], y[:32]), cfg, 10, progress=False)
+    plain = grade(model, as_data(x[:32], y[:32]), cfg, 10, progress=False)
     assert not plain["stochastic"] and plain["settings"]["autoattack"]["version"] == "standard"
 
 
@@ -267,9 +267,9 @@ def test_adding_an_attack_leaves_the_other_rows_unchanged(trained):
     """Every attack draws from a stream named by the attack and ε, not by its position in the list."""
     model, x, y, _ = trained
     data = as_data(x[:48], y[:48])
-    few = robustness(model, data, TrainConfig(eval_eps=[2, 8], eval_noise=[8], eval_aa="none", eval_checks=False), 10,
+    few = grade(model, data, TrainConfig(eval_eps=[2, 8], eval_noise=[8], eval_aa="none", eval_checks=False), 10,
                      progress=False)
-    more = robustness(model, data, TrainConfig(eval_eps=[1, 2, 8], eval_noise=[4, 8], eval_aa="apgd-ce",
+    more = grade(model, data, TrainConfig(eval_eps=[1, 2, 8], eval_noise=[4, 8], eval_aa="apgd-ce",
                                                eval_aa_steps=2, eval_checks=False), 10, progress=False)
     for row in ("pgd20", "saliency"):
         assert {e: more["attacks"][row][e] for e in ("2", "8")} == few["attacks"][row]
@@ -282,8 +282,8 @@ def test_the_cascade_gives_each_sample_the_worst_case_of_every_attack_on_every_s
     model, x, y, _ = trained
     data = as_data(x[:96], y[:96])
     cfg = dict(eval_eps=[2, 4, 8], eval_noise=[8, 32], eval_steps=[10], eval_aa="none", eval_checks=False)
-    fast = robustness(model, data, TrainConfig(**cfg), 10, progress=False)
-    full = robustness(model, data, TrainConfig(**cfg, eval_cascade=False), 10, progress=False)
+    fast = grade(model, data, TrainConfig(**cfg), 10, progress=False)
+    full = grade(model, data, TrainConfig(**cfg, eval_cascade=False), 10, progress=False)
     assert fast["settings"]["cascade"] and not full["settings"]["cascade"]
     assert fast["robust_indices"] == full["robust_indices"]
     assert fast["attacks"]["worst_case"] == full["attacks"]["worst_case"]
