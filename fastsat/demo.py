@@ -1,10 +1,11 @@
-"""The README's main command, on the embedded digits set (no download), in minutes on 2 CPU cores.
+"""The README's main command, on the embedded digits set (no download), on 2 CPU cores in under an hour.
 
 Writes the digits betons if missing, then trains standard, noise, SAT, the random-sign control,
 FGSM-RS and N-FGSM with the same narrow ResNet-10 and prints their robustness side by side (``fastsat.comparison``): PGD-20,
 AutoAttack, the white-box saliency attack and the per-sample worst case, with the masking checks
 in each run's ``robustness.md``. Plots and per-method reports land in ``runs/demo``. Extra
-arguments are ``fastsat.compare`` flags (e.g. ``--seeds 3``).
+arguments are ``fastsat.compare`` flags (e.g. ``--seeds 3``); ``--jobs`` (default: one per core on
+CPU) trains and grades that many methods at once, each in its own process.
 """
 from __future__ import annotations
 

@@ -135,7 +135,8 @@ def signs(args) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
     steps = Steps(args.out, Namespace(dataset="fashion-mnist", root=None, budget="full", device="cpu", seed=0,
                                       seeds=1, out=args.out), teachers=args.teachers)
-    steps.record["command"] = f"python -m fastsat.signs --stage {args.stage} --out {args.out}"
+    steps.record.update(command=f"python -m fastsat.signs --stage {args.stage} --out {args.out}",
+                        settings={**BUDGETS["full"], **PILOT_EVAL, "recipes": RECIPES, "seeds": list(PILOT_SEEDS)})
     todo, final = pilot_plan(args.out, steps)
     run_plan(args.out, todo)
     return final()

@@ -206,3 +206,14 @@ def test_the_verdict_imports_no_training_code():
     assert "fastsat.robustness" in loaded, proc.stderr
     assert not loaded & {"fastsat.trainer", "fastsat.methods", "fastsat.config", "fastsat.data", "fastsat.beton",
                          "fastsat.ffcv_write", "fastsat.runs"}, loaded
+
+
+def test_the_stated_layer_order():
+    """docs/ARCHITECTURE.md: kernels/ imports nothing of the project's other layers; writers/ imports
+    kernels and, of fastsat/, only the leaves errors and registry."""
+    g = graph()
+    kernels = {m for m in g if m.startswith("fastsat.kernels")}
+    writers = {m for m in g if m.startswith("fastsat.writers")}
+    assert all(g[m] <= kernels for m in kernels), {m: g[m] - kernels for m in kernels if g[m] - kernels}
+    allowed = kernels | writers | {"fastsat.errors", "fastsat.registry"}
+    assert all(g[m] <= allowed for m in writers), {m: g[m] - allowed for m in writers if g[m] - allowed}
