@@ -148,11 +148,17 @@ def ranks() -> tuple[int, int]:
     return 0, 1
 
 
+SPLIT = (8, 16)  # an attack's samples go in at least 8 batches while each keeps at least 16 samples
+
+
 def batches(picked: np.ndarray, batch: int = EVAL_BATCH) -> list[np.ndarray]:
-    """The positions an attack runs on, in near-equal batches of at most ``batch`` (256: 360 → 180 +
-    180): formed from the positions alone, so the same whatever the number of ranks, and balanced
-    between ranks that take them in turn."""
-    return np.array_split(picked, -(-len(picked) // batch)) if len(picked) else []
+    """The positions an attack runs on, in near-equal batches of at most ``batch``, and in at least
+    ``SPLIT[0]`` of them where each keeps ``SPLIT[1]`` samples (200 → 8 of 25; 4,000 → 16 of 250):
+    formed from the positions alone, so the same whatever the number of ranks, and enough of them
+    for up to 8 ranks to share even a few hundred samples."""
+    n = len(picked)
+    parts = max(-(-n // batch), min(SPLIT[0], n // SPLIT[1]), 1)
+    return np.array_split(picked, parts) if n else []
 
 
 def gathered(local: torch.Tensor, device) -> torch.Tensor:
