@@ -164,8 +164,7 @@ def batches(picked: np.ndarray, batch: int = EVAL_BATCH) -> list[np.ndarray]:
 def gathered(local: torch.Tensor, device) -> torch.Tensor:
     """Per-sample outcomes that each rank filled for its own batches (zeros elsewhere), summed over
     ranks: every rank then holds every sample's outcome."""
-    rank, world = ranks()
-    if world == 1:
+    if ranks()[1] == 1:
         return local
     import torch.distributed as dist
 
