@@ -176,3 +176,56 @@ def half_width(n: int, p: float = 0.5) -> float:
     """95% half-width, in points, of an accuracy p measured on n images (normal approximation); at the
     default p = 0.5, the largest for any accuracy."""
     return 100 * 1.96 * (p * (1 - p) / max(n, 1)) ** 0.5
+
+
+def paired(diffs: list[float]) -> dict:
+    """The seed-paired difference: mean, standard error, degrees of freedom and 95% t-interval."""
+    d = np.asarray(diffs, float)
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(d) - 1)) * se
+    return {"n": len(d), "mean": float(d.mean()), "se": se, "df": len(d) - 1,
+            "ci": [float(d.mean()) - half, float(d.mean()) + half]}
+
+
+def one_sided(p: dict, shift: float = 0.0) -> tuple[float, float]:
+    """One-sided paired-t p-values of "the difference is above ``shift``" and of "below ``shift``"."""
+    from scipy.stats import t
+
+    z = (p["mean"] - shift) / max(p["se"], 1e-12)
+    return float(t.sf(z, p["df"])), float(t.cdf(z, p["df"]))
+
+
+def two_sided_claims(diffs: dict[str, list[float]], margin: float, alpha: float = ALPHA_FAMILY) -> dict[str, dict]:
+    """Each claim "left − right ≠ 0" as two one-sided paired t tests, Holm over all of them at
+    family-wise ``alpha``: ``higher``, ``lower`` or ``undecided``. An undecided claim gets a paired
+    TOST at ±``margin`` (level ``alpha``): ``equivalent`` when both of its one-sided tests reject."""
+    stats = {c: paired(d) for c, d in diffs.items()}
+    ps = [p for s in stats.values() for p in one_sided(s)]
+    rejected = holm(ps, alpha)
+    out = {}
+    for i, (c, s) in enumerate(stats.items()):
+        up, down = ps[2 * i:2 * i + 2]
+        word = "higher" if rejected[2 * i] else "lower" if rejected[2 * i + 1] else "undecided"
+        out[c] = {**s, "p_higher": up, "p_lower": down, "decision": word}
+        if word == "undecided":
+            tost = max(one_sided(s, -margin)[0], one_sided(s, margin)[1])
+            out[c]["tost"] = {"margin": margin, "p": tost, "equivalent": tost <= alpha}
+    return out
+
+
+def detectable(sd: float, n: int, tests: int, power: float = 0.8, alpha: float = ALPHA_FAMILY) -> float:
+    """The smallest true paired difference a one-sided t test at Holm's first step (α/tests) finds
+    with ``power``, for a per-seed SD of the difference ``sd`` over ``n`` seeds."""
+    from scipy.stats import t
+
+    return (float(t.isf(alpha / tests, n - 1)) + float(t.ppf(power, n - 1))) * sd / math.sqrt(n)
+
+
+def equivalence_reach(sd: float, n: int, margin: float, alpha: float = ALPHA_FAMILY) -> float:
+    """The largest observed |mean difference| a paired TOST at ±``margin`` still calls equivalent, for a
+    per-seed SD ``sd`` over ``n`` seeds (≤ 0: equivalence cannot be shown)."""
+    from scipy.stats import t
+
+    return margin - float(t.isf(alpha, n - 1)) * sd / math.sqrt(n)
