@@ -31,6 +31,7 @@ FORMAT_VERSION = 2  # 2: the manifest's hash is of the content (deterministic); 
 READ_VERSIONS = (1, 2)
 SAL_FIELDS = ("sal", "sal2")
 WRITERS = ("auto", "ffcv", "direct")
+MAX_PAGE = 1 << 23  # FFCV's pages: a sample never straddles one, so no sample may be larger
 STATS_SAMPLES = 2048  # images read in the main process for mean/std (and early shape checks)
 
 
@@ -131,7 +132,7 @@ def _page_size(image_shape, maps) -> int:
     """FFCV page: a power of two holding ≥ 64 samples, in [2, 8] MiB (FFCV's minimum is 2 MiB).
     Each writer process leaves at most one page partly empty, so small sets stay small."""
     sample = int(np.prod(image_shape)) + sum(bitlayout.num_bytes(image_shape, m.granularity) for m in maps.values())
-    return int(min(1 << 23, max(1 << 21, 1 << int(np.ceil(np.log2(64 * sample))))))
+    return int(min(MAX_PAGE, max(1 << 21, 1 << int(np.ceil(np.log2(64 * sample))))))
 
 
 def _stats(samples, n: int) -> tuple[list[float], list[float]]:

@@ -42,7 +42,8 @@ class TrainConfig(EvalSettings):
     pad: int = opt(2, "random translation by up to ± this many pixels, after the perturbation", rule=at_least(0))
     # model
     model: str = opt("resnet18", "resnet10/18/34 (CIFAR stem, registered in timm) or any timm model name")
-    width: float = opt(1.0, "channel multiplier of the fastsat ResNets (narrow = quick on CPU)", rule=above(0))
+    width: float = opt(1.0, "channel multiplier of the fastsat ResNets (narrow = quick on CPU; at most 16)",
+                       rule=between(0, 16, lo_open=True))
     init: str = opt("", "checkpoint whose weights start this run (e.g. to fine-tune a pruned teacher)")
     sparsity: float = opt(0.0, "global magnitude pruning of conv/linear weights at the start, kept while "
                                "training (fraction)", rule=between(0, 1, hi_open=True))
@@ -198,8 +199,8 @@ def read_table(path: Path) -> dict:
     """A TOML / YAML / JSON file holding a table."""
     if not path.is_file():
         raise InputError(f"config file {path} not found")
-    text = path.read_text()
     try:
+        text = path.read_text()
         if path.suffix == ".toml":
             import tomllib
             data = tomllib.loads(text)
@@ -208,8 +209,10 @@ def read_table(path: Path) -> dict:
             data = yaml.safe_load(text) or {}
         else:
             data = json.loads(text)
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path}: not text (a binary file?)") from None
     except Exception as e:  # noqa: BLE001 - any parser's error is the user's file
-        raise InputError(f"config file {path}: {str(e).splitlines()[0]}") from None
+        raise InputError(f"config file {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     if not isinstance(data, dict):
         raise InputError(f"config file {path}: expected a table of keys, got {type(data).__name__}")
     return data

@@ -1,4 +1,5 @@
-"""Grading on several processes of one machine without torchrun: ``procs`` ranks started here
+"""The ranks of a job: this process's place in the process group, and, for grading on several
+processes of one machine without torchrun, ``procs`` ranks started here
 (torch.multiprocessing, spawn), joined in a gloo process group on a free loopback port — the group
 ``torchrun`` would give them — each with its share of the machine's threads. Rank 0's return value
 comes back; a rank that fails or dies ends every rank, and the caller gets one line."""
@@ -10,6 +11,23 @@ import socket
 import torch
 
 from .errors import InputError
+
+
+def ranks() -> tuple[int, int]:
+    """This process's rank and the world size of the initialised process group (0, 1 without one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    """Every rank waits here for the others (nothing without a process group)."""
+    import torch.distributed as dist
+
+    if ranks()[1] > 1:
+        dist.barrier()
 
 
 def init_from_env(device: torch.device) -> tuple[int, int]:

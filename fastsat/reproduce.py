@@ -41,6 +41,7 @@ from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
 from .files import Locked, atomic_write_text
 from .runfiles import RunFiles
+from .runs import pick_device
 from .schedule import Step, run_plan, slug, status
 from .stats import claims, fmt, half_width
 from .write_beton import write_dataset
@@ -153,7 +154,7 @@ def full_test(run: Path, cfg: TrainConfig, limit: int) -> dict:
     """Clean accuracy and the paper's PGD-5 (with the one-step saliency, stored-map and noise rows)
     on ``limit`` test images (0: all) — cheap enough for the whole test set."""
     from .robustness import grade_beton
-    from .runs import load_checkpoint, pick_device
+    from .runs import load_checkpoint
 
     folder = run / "full_test"
     if RunFiles(folder).report.is_file():
@@ -357,7 +358,12 @@ def student(steps: Steps, folder: Path, cfg: TrainConfig, limit: int) -> None:
 def reproduce(args) -> str:
     if args.seeds < 1:
         raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.threads < 0:
+        raise InputError(f"--threads must be >= 0, got {args.threads}")
+    pick_device(args.device)
     out = args.out
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
     if args.status and not out.is_dir():
         raise InputError(f"{out}: no reproduction there yet")
     out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from .attacks import (AA_IMPLS, PGD, AutoAttack, SaliencyAttack, SampleSeeds, St
                       UniformNoise, aa_package, require_impl)
 from .options import EPS_RULE, at_least, check_value, eps_key, opt, to_fraction, to_units
 from .batch import to_unit
+from .distributed import ranks
 from .errors import InputError
 from .kernels import bits as bitlayout
 from .kernels.spec import derive_seed
@@ -137,15 +138,6 @@ def eval_data(info, idx: np.ndarray, device) -> EvalData:
                     info.granularity() if has_map else None, idx, per_class(info.labels, idx),
                     {"beton": str(info.path), "dataset": info.manifest["dataset"],
                      "split": info.manifest["split"], "size": info.num_samples})
-
-
-def ranks() -> tuple[int, int]:
-    """This process's rank and the world size of the initialised process group (0, 1 without one)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 SPLIT = (8, 16)  # an attack's samples go in at least 8 batches while each keeps at least 16 samples

@@ -15,6 +15,7 @@ teacher saliency rebuild the model without a training config. The output folder 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -50,8 +51,14 @@ def pick_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name} asked for, but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {name} asked for, but this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {name} asked for, but MPS is not available")
     return device
 
 
@@ -101,9 +108,55 @@ def read_checkpoint(path: Path, device="cpu") -> dict:
     except (OSError, RuntimeError, EOFError, ValueError) as e:
         raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0]}) — truncated or damaged?") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model_state"), dict):
-        raise InputError(f"{path}: not a fastsat checkpoint (no model_state)")
+    what = checkpoint_problem(ckpt)
+    if what:
+        raise InputError(f"{path}: not a fastsat checkpoint ({what})")
     return ckpt
+
+
+def _numbers(v, positive: bool = False) -> bool:
+    return isinstance(v, list) and 0 < len(v) <= 4 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+        for x in v)
+
+
+def _count(v, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+CHECKPOINT_SCHEMA = {  # key → (what it must be, the check); every checkpoint fastsat writes has these
+    "model_state": ("a dict of tensors", lambda v: isinstance(v, dict) and v
+                    and all(isinstance(t, torch.Tensor) for t in v.values())),
+    "config": ("a dict naming model, width and method", lambda v: isinstance(v, dict) and isinstance(
+        v.get("model"), str) and isinstance(v.get("method"), str) and isinstance(v.get("width", 1.0), (int, float))),
+    "identity": ("a dict naming the dataset", lambda v: isinstance(v, dict) and isinstance(v.get("dataset"), str)),
+    "epoch": ("a count", _count),
+    "model_args": ("name, num_classes, mean, std, image_shape [H, W, C] with C = len(mean), width > 0", lambda a: (
+        isinstance(a, dict) and isinstance(a.get("name"), str) and _count(a.get("num_classes"), 1)
+        and _numbers(a.get("mean")) and _numbers(a.get("std"), positive=True) and len(a["mean"]) == len(a["std"])
+        and isinstance(a.get("image_shape"), list) and len(a["image_shape"]) == 3
+        and all(_count(d, 1) for d in a["image_shape"]) and a["image_shape"][2] == len(a["mean"])
+        and isinstance(a.get("width", 1.0), (int, float)) and 0 < a.get("width", 1.0) <= 16)),
+}
+
+
+def checkpoint_problem(ckpt) -> str:
+    """The first thing a checkpoint lacks or holds wrongly (its schema), or ""."""
+    if not isinstance(ckpt, dict):
+        return f"a {type(ckpt).__name__}, not a dict"
+    for key, (what, ok) in CHECKPOINT_SCHEMA.items():
+        if key not in ckpt:
+            return f"no {key}"
+        if not ok(ckpt[key]):
+            return f"{key} is not {what}"
+    return ""
+
+
+def first_line(e: Exception) -> str:
+    """The first informative line of a third-party error (torch's state-dict errors put it second)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith("Error(s) in loading state_dict")]
+    return ((useful or lines or [type(e).__name__])[0])[:200]
 
 
 def load_checkpoint(path: Path, device) -> dict:
@@ -111,9 +164,13 @@ def load_checkpoint(path: Path, device) -> dict:
     ckpt = read_checkpoint(path, device)
     try:
         model = model_from_args(ckpt["model_args"])
+    except Exception as e:  # noqa: BLE001 - an unknown architecture, any failure to build it
+        raise InputError(f"{path}: its model_args build no model ({first_line(e)})") from None
+    try:
         model.load_state_dict(ckpt["model_state"])
-    except Exception as e:  # noqa: BLE001 - any unpickling / mismatch failure is a bad file
-        raise InputError(f"{path}: not a fastsat checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - missing, unexpected or mis-shaped tensors
+        raise InputError(f"{path}: its weights do not fit the {ckpt['model_args']['name']} its model_args build "
+                         f"({first_line(e)})") from None
     ckpt["model"] = model.to(device).to(memory_format=torch.channels_last).eval()
     return ckpt
 

@@ -6,21 +6,31 @@
         --saliency gbp --teacher runs/teacher/checkpoint.pt --saliency2 gradcam_pp_box
 
 Weak saliency (Eq. 10: ``bbox``, ``mask``) comes from the layout; teacher saliency is computed in
-batches in this process, on ``--device``, before FFCV's forking writer starts. Two maps of
-different granularity are both stored per element, so a per-sample coin can pick either (Table 7).
+chunks of ``--chunk`` samples on ``--device``, each chunk packed at once and kept in ``OUT.chunks/``
+until the beton is published, so memory does not grow with the split and the same command, run
+again after a kill or Ctrl-C, goes on from the finished chunks. Under torchrun the ranks share the
+chunks (one device each on GPUs) and rank 0 writes the beton, identical to one process's:
+
+    torchrun --standalone --nproc_per_node 8 -m fastsat.write_beton --dataset folder --root ~/imagenet/train \\
+        --side 224 --out in1k_train.beton --saliency gbp --teacher runs/teacher/best.pt --device cuda
+
+Two maps of different granularity are both stored per element, so a per-sample coin can pick either
+(Table 7).
 """
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from pathlib import Path
 
-import numpy as np
-
-from .beton import WRITERS, SaliencyMap, file_hash, weak_map, write_beton
+from .beton import MAX_PAGE, WRITERS, SaliencyMap, file_hash, weak_map, write_beton
+from .distributed import barrier, init_from_env, ranks
 from .errors import ArgumentParser, InputError, run_cli
 from .kernels import bits as bitlayout
 from .runs import load_checkpoint, pick_device
-from .saliency import SALIENCY, compute
+from .saliency import SALIENCY
+from .teacher_maps import CHUNK, ChunkedBits, chunk_folder, claim, compute_chunks, granularities, request, zero_counts
 from .writers import LAYOUTS, OPTIONS, WEAK_KINDS, open_writer
 
 def parser() -> ArgumentParser:
@@ -44,6 +54,10 @@ def parser() -> ArgumentParser:
     ap.add_argument("--sal2-param", action="append", default=[], metavar="KEY=VALUE",
                     help="parameter of a teacher --saliency2; repeatable")
     ap.add_argument("--sal-batch", type=int, default=256, help="teacher batch size")
+    ap.add_argument("--chunk", type=int, default=CHUNK,
+                    help="teacher maps are computed, packed and kept on disk (OUT.chunks/) this many samples at a "
+                         "time, a multiple of --sal-batch: memory is bounded by it, and a killed job goes on from "
+                         "its finished chunks when run again")
     ap.add_argument("--device", default="auto", help="device for teacher saliency: auto, cpu, cuda, cuda:N")
     for name, text in OPTIONS.items():
         kind = {"root": Path, "mask_root": Path, "side": int, "fold": int}.get(name, str)
@@ -78,19 +92,6 @@ def _params(pairs: list[str], flag: str) -> dict:
             raise InputError(f"{flag} {pair!r}: expected KEY=VALUE")
         out[key] = value
     return out
-
-
-def _gather(samples):
-    """All images, labels and weak masks in memory (teacher maps need the images in order)."""
-    if hasattr(samples, "images"):
-        return samples.images, samples.labels, getattr(samples, "masks", None)
-    images, labels, masks = [], [], []
-    for i in range(len(samples)):
-        image, label, positive, *_ = samples[i]
-        images.append(image)
-        labels.append(label)
-        masks.append(positive)
-    return np.stack(images), np.asarray(labels), None if masks[0] is None else np.stack(masks)
 
 
 def _load_teacher(ckpt_path, source, device) -> dict:
@@ -129,7 +130,7 @@ def _plan(dataset: str, layout, source, requests) -> list[tuple[str, Path | None
     return plan
 
 
-def _check_output(out: Path, overwrite: bool, sal_batch: int, workers: int, options: dict) -> None:
+def _check_output(out: Path, overwrite: bool, sal_batch: int, chunk: int, workers: int, options: dict) -> None:
     """Everything about the request that can fail, before minutes of reading or saliency."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -140,75 +141,92 @@ def _check_output(out: Path, overwrite: bool, sal_batch: int, workers: int, opti
         raise InputError(f"--out {out} is a folder; name the .beton file to write")
     if not out.parent.is_dir():
         raise InputError(f"output folder {out.parent} does not exist")
+    side = options.get("side")
+    if side is not None and 3 * side * side > MAX_PAGE:  # an RGB image and nothing else must fit a page
+        raise InputError(f"--side {side}: one image would be {3 * side * side / 2**20:,.0f} MiB, beyond a beton "
+                         f"page ({MAX_PAGE >> 20} MiB); at most --side {int((MAX_PAGE / 3) ** 0.5)}")
     if sal_batch < 1:
         raise InputError(f"--sal-batch must be >= 1, got {sal_batch}")
+    if chunk < 1 or chunk % sal_batch:
+        raise InputError(f"--chunk must be a positive multiple of --sal-batch ({sal_batch}), got {chunk}")
     if workers != -1 and not 1 <= workers <= (os.cpu_count() or 1):
         raise InputError(f"--workers must be -1 (all cores) or in [1, {os.cpu_count() or 1}], got {workers}")
 
 
 def write_dataset(dataset: str, split: str, out, *, saliency: str = "auto", teacher=None, params: dict | None = None,
                   saliency2: str | None = None, teacher2=None, params2: dict | None = None, sal_batch: int = 256,
-                  device: str = "auto", writer: str = "auto", workers: int = -1, overwrite: bool = False,
-                  progress: bool = True, **options):
+                  chunk: int = CHUNK, device: str = "auto", writer: str = "auto", workers: int = -1,
+                  overwrite: bool = False, progress: bool = True, timings: dict | None = None, **options):
     """Write ``split`` of ``dataset``'s official layout to the beton ``out`` (and its manifest) with
     the requested maps — what ``python -m fastsat.write_beton`` does, each keyword its flag
     (``options``: the layout's ``root``, ``side``, ``fold``, ``missing_mask``, ``mask_root``).
-    Returns the written beton's ``BetonInfo``; bad requests raise ``InputError`` before any work."""
+    Teacher maps go through ``OUT.chunks/`` (``teacher_maps``), shared among the ranks of an
+    initialised process group; ``timings``, if given, gets this process's seconds per stage (read,
+    teacher, pack, store: of its chunks; write: of the beton). Returns the written beton's
+    ``BetonInfo`` (None on ranks other than 0, which writes); bad requests raise ``InputError``
+    before any work."""
     out, layout = Path(out), LAYOUTS.get(dataset)
-    _check_output(out, overwrite, sal_batch, workers, options)
+    _check_output(out, overwrite, sal_batch, chunk, workers, options)
     samples = open_writer(dataset, split, **{k: options.get(k) for k in OPTIONS})
     source = samples.source
     plan = _plan(dataset, layout, source, [(saliency, teacher, params, "--sal-param"),
-                                                         (saliency2, teacher2 or teacher, params2, "--sal2-param")])
+                                           (saliency2, teacher2 or teacher, params2, "--sal2-param")])
     device = pick_device(device)
     teachers = {t: _load_teacher(t, source, device) for _, t, _ in plan if t is not None}  # loaded once each
     write_args = {"overwrite": overwrite, "workers": workers, "writer": writer, "progress": progress}
-    if plan[0][0] == "none":
-        return write_beton(samples, source, out, **write_args)
-    if len(plan) == 1 and plan[0][0] in WEAK_KINDS:
-        return write_beton(samples, source, out, maps={"sal": weak_map(plan[0][0])}, **write_args)
-    computed = _teacher_maps(samples, source, plan, teachers, sal_batch, device)
-    maps = {name: SaliencyMap(g, info, bitlayout.pack_np(p)) for name, (g, p, info) in zip(("sal", "sal2"), computed)}
-    return write_beton(samples, source, out, maps=maps, **write_args)
+    rank, world = ranks()
+    if plan[0][0] == "none" or (len(plan) == 1 and plan[0][0] in WEAK_KINDS):  # read from the samples as written
+        maps = {} if plan[0][0] == "none" else {"sal": weak_map(plan[0][0])}
+        return write_beton(samples, source, out, maps=maps, **write_args) if rank == 0 else None
+    hashes = {t: file_hash(t) for t in teachers}
+    req = request(source, len(samples), plan, hashes, options, sal_batch, chunk, device)
+    folder = chunk_folder(out)
+    claim(folder, req)
+    seconds = compute_chunks(samples, plan, teachers, req, folder, device, rank, world, progress)
+    barrier()  # every chunk exists
+    if rank > 0:
+        return None
+    t0 = time.perf_counter()
+    info = write_beton(samples, source, out, maps=_chunked_maps(folder, req, source, plan, teachers, hashes),
+                       **write_args)
+    shutil.rmtree(folder)
+    if timings is not None:
+        timings.update(seconds, write=time.perf_counter() - t0)
+    return info
 
 
-def _teacher_maps(samples, source, plan, teachers: dict, sal_batch: int, device) -> list[tuple[str, np.ndarray, dict]]:
-    """(granularity, positive mask, provenance) per planned map: weak masks from the layout, the
-    others computed by their teachers; maps of two granularities both widened to per element."""
-    images, labels, masks = _gather(samples)
-    computed = []
-    for method, teacher, params in plan:
+def _chunked_maps(folder: Path, req: dict, source, plan, teachers: dict, hashes: dict) -> dict[str, SaliencyMap]:
+    """The planned maps as fields read from the chunks, with their provenance (and notes on all-zero maps)."""
+    maps = {}
+    for name, (method, teacher, params), g, zeros in zip(("sal", "sal2"), plan, granularities(plan),
+                                                         zero_counts(folder, req)):
         if method not in SALIENCY:
-            computed.append(("pixel", masks, {"method": method, "equation": "Eq. 10"}))
-            continue
-        ckpt = teachers.get(teacher)
-        positive, zero_maps = compute(method, ckpt and ckpt["model"], images, labels, batch_size=sal_batch,
-                                      device=device, params=params)
-        if zero_maps:
-            source.notes.append(f"{method}: {zero_maps} all-zero maps stored as all +1 (tie rule)")
-        info = {"method": method, "params": params}
-        if ckpt is not None:
-            cfg = ckpt["config"]
-            info.update(teacher=str(teacher), teacher_blake2b=file_hash(teacher), teacher_model=cfg["model"],
+            info = {"method": method, "equation": "Eq. 10"}
+        else:
+            info = {"method": method, "params": params}
+            if zeros:
+                source.notes.append(f"{method}: {zeros} all-zero maps stored as all +1 (tie rule)")
+        if teacher is not None:
+            cfg = teachers[teacher]["config"]
+            info.update(teacher=str(teacher), teacher_blake2b=hashes[teacher], teacher_model=cfg["model"],
                         teacher_width=cfg["width"], teacher_method=cfg["method"])
-        computed.append((SALIENCY.get(method).granularity, positive, info))
-    if len({g for g, _, _ in computed}) > 1:  # mixable maps share one layout: widen pixel maps
-        c = source.image_shape[2]
-        computed = [("element", p if g == "element" else np.repeat(p[..., None], c, axis=3), i) for g, p, i in computed]
-    return computed
+        bits = ChunkedBits(folder, f"sal{len(maps) + 1}", req, bitlayout.num_bytes(source.image_shape, g))
+        maps[name] = SaliencyMap(g, info, bits)
+    return maps
 
 
 def write(args):
-    """The parsed flags → ``write_dataset``."""
+    """The parsed flags → ``write_dataset`` (under torchrun, on every rank: the teacher's chunks are shared)."""
+    init_from_env(pick_device(args.device))
     return write_dataset(args.dataset, args.split, args.out, saliency=args.saliency, teacher=args.teacher,
                          params=_params(args.sal_param, "--sal-param"), saliency2=args.saliency2,
                          teacher2=args.teacher2, params2=_params(args.sal2_param, "--sal2-param"),
-                         sal_batch=args.sal_batch, device=args.device, writer=args.writer, workers=args.workers,
-                         overwrite=args.overwrite, **{k: getattr(args, k) for k in OPTIONS})
+                         sal_batch=args.sal_batch, chunk=args.chunk, device=args.device, writer=args.writer,
+                         workers=args.workers, overwrite=args.overwrite, **{k: getattr(args, k) for k in OPTIONS})
 
 
 def main(argv=None) -> int:
-    return run_cli(lambda: summary(write(parser().parse_args(argv))))
+    return run_cli(lambda: (lambda info: info and summary(info))(write(parser().parse_args(argv))))
 
 
 if __name__ == "__main__":

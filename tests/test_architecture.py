@@ -14,7 +14,7 @@ from fastsat.writers import LAYOUTS
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"fastsat": ROOT / "fastsat", "fastsat.kernels": ROOT / "kernels", "fastsat.writers": ROOT / "writers"}
 ENTRY_POINTS = {"fastsat.train", "fastsat.write_beton", "fastsat.evaluate", "fastsat.compare", "fastsat.demo",
-                "fastsat.reproduce", "fastsat.export", "fastsat.signs"}
+                "fastsat.reproduce", "fastsat.export", "fastsat.signs", "fastsat.saliency_grid"}
 
 
 def modules() -> dict[str, Path]:
@@ -136,7 +136,7 @@ def test_help_lists_every_choice(module, must_list):
 
 
 @pytest.mark.parametrize("module", ["fastsat.train", "fastsat.evaluate", "fastsat.write_beton", "fastsat.compare",
-                                    "fastsat.saliency"])
+                                    "fastsat.saliency_grid", "fastsat.signs"])
 def test_every_flag_has_a_description(module):
     import importlib
 

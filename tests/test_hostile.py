@@ -17,7 +17,7 @@ from fastsat.beton import manifest_path, open_beton
 from fastsat.errors import InputError
 from fastsat.evaluate import main as evaluate_main
 from fastsat.reader import FIELD_DESC, HEADER
-from fastsat.saliency import main as saliency_main
+from fastsat.saliency_grid import main as saliency_main
 from fastsat.train import main as train_main
 from fastsat.write_beton import main as write_main
 
@@ -63,7 +63,7 @@ def test_a_malicious_checkpoint_runs_nowhere(evil, trained, tiny_flags, digits, 
         "write_beton --teacher": lambda: write_main(["--dataset", "digits", "--split", "test", "--out",
                                                      str(tmp_path / "t.beton"), "--saliency", "gbp",
                                                      "--teacher", str(path)]),
-        "saliency --teacher": lambda: saliency_main(["--teacher", str(path), "--beton", str(digits["test"]),
+        "saliency_grid --teacher": lambda: saliency_main(["--teacher", str(path), "--beton", str(digits["test"]),
                                                      "--out", str(tmp_path / "g.png")]),
     }
     for name, call in calls.items():
@@ -77,6 +77,63 @@ def test_a_malicious_checkpoint_runs_nowhere(evil, trained, tiny_flags, digits, 
     assert train_main([*tiny_flags, "--epochs", "9", "--out", str(run), "--resume"]) == 2
     one_error_line(capsys, "refused")
     assert not marker.exists()
+
+
+def _damaged(ckpt: dict, how: str) -> dict:
+    """A copy of a genuine checkpoint with one part missing, mistyped or not fitting."""
+    import copy
+
+    c = copy.deepcopy(ckpt)
+    kind, _, key = how.partition(":")
+    if kind == "drop":
+        c.pop(key)
+    elif kind == "none":
+        c[key] = None
+    elif kind == "args":  # model_args.<key> damaged
+        field, _, value = key.partition("=")
+        if value:
+            c["model_args"][field] = json.loads(value)
+        else:
+            c["model_args"].pop(field)
+    elif kind == "shape":  # one tensor of another shape
+        name = next(k for k, v in c["model_state"].items() if v.ndim == 4)
+        c["model_state"][name] = torch.zeros(3, 3, 3, 3)
+    return c
+
+
+DAMAGES = ["drop:model_state", "drop:config", "drop:identity", "drop:model_args", "drop:epoch", "none:config",
+           "none:identity", "args:image_shape", "args:mean=\"x\"", "args:std=[0.0]", "args:width=1000000",
+           "args:num_classes=0", "args:name=\"resnet50\"", "shape:"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_checkpoint_is_one_line_and_nothing_written(how, trained, tmp_path, capsys):
+    path = tmp_path / "bad.pt"
+    torch.save(_damaged(torch.load(trained[3] / "checkpoint.pt", weights_only=True), how), path)
+    assert evaluate_main(["--checkpoint", str(path), "--out", str(tmp_path / "ev")]) == 2
+    one_error_line(capsys, str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+
+
+def test_every_command_checks_a_checkpoint_before_writing(trained, tiny_flags, digits, tmp_path, capsys):
+    from fastsat.export import main as export_main
+
+    path = tmp_path / "bad.pt"
+    torch.save(_damaged(torch.load(trained[3] / "checkpoint.pt", weights_only=True), "shape:"), path)
+    calls = {
+        "export": lambda: export_main(["--checkpoint", str(path), "--out", str(tmp_path / "ex")]),
+        "train --init": lambda: train_main([*tiny_flags, "--epochs", "1", "--init", str(path),
+                                            "--out", str(tmp_path / "init")]),
+        "write_beton --teacher": lambda: write_main(["--dataset", "digits", "--split", "test", "--out",
+                                                     str(tmp_path / "t.beton"), "--saliency", "gbp",
+                                                     "--teacher", str(path)]),
+        "saliency_grid --teacher": lambda: saliency_main(["--teacher", str(path), "--beton", str(digits["test"]),
+                                                          "--out", str(tmp_path / "g.png")]),
+    }
+    for name, call in calls.items():
+        assert call() == 2, name
+        assert "weights do not fit" in one_error_line(capsys, str(path)), name
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"], name
 
 
 def test_a_truncated_checkpoint_on_resume_is_one_line(trained, tiny_flags, tmp_path, capsys):
@@ -387,3 +444,52 @@ def test_genuine_cifar_pickles_of_every_protocol_still_load(tmp_path, protocol):
     (tmp_path / "b").write_bytes(pickle.dumps({b"data": arr, b"labels": [1, 2], b"batch_label": b"x"}, protocol=protocol))
     got = _unpickle(tmp_path / "b")
     assert np.array_equal(got[b"data"], arr) and got[b"labels"] == [1, 2]
+
+
+def _binary_config(tmp_path: Path) -> Path:
+    path = tmp_path / "c.json"
+    path.write_bytes(bytes(range(256)) * 4)
+    return path
+
+
+def _huge_image_folder(tmp_path: Path) -> Path:
+    """A folder layout holding one 400-megapixel image (a 1-bit PNG, small on disk)."""
+    from PIL import Image
+
+    (tmp_path / "huge" / "a").mkdir(parents=True)
+    Image.new("1", (20_000, 20_000)).save(tmp_path / "huge" / "a" / "x.png")
+    return tmp_path / "huge"
+
+
+FLAGS = {  # a request refused before anything is made: the command, the words of its one line
+    "train --width 1e6": (lambda t, flags: train_main([*flags, "--width", "1000000", "--out", str(t / "o")]),
+                          "--width"),
+    "train --device meta": (lambda t, flags: train_main([*flags, "--device", "meta", "--out", str(t / "o")]),
+                            "--device 'meta'"),
+    "train --config binary": (lambda t, flags: train_main(["--config", str(_binary_config(t)), "--out", str(t / "o")]),
+                              "not text"),
+    "write_beton --side 1e5": (lambda t, flags: write_main(["--dataset", "folder", "--root", str(t), "--side",
+                                                            "100000", "--out", str(t / "o.beton")]), "at most --side"),
+    "write_beton huge image": (lambda t, flags: write_main(["--dataset", "folder", "--root", str(_huge_image_folder(t)),
+                                                            "--out", str(t / "o.beton")]), "too large to decode"),
+    "reproduce --threads -1": (lambda t, flags: _reproduce(["--out", str(t / "o"), "--threads", "-1"]), "--threads"),
+    "reproduce --device meta": (lambda t, flags: _reproduce(["--out", str(t / "o"), "--device", "meta"]), "--device"),
+    "reproduce --out file": (lambda t, flags: _reproduce(["--out", str(_binary_config(t))]), "is a file"),
+}
+
+
+def _reproduce(argv):
+    from fastsat.reproduce import main
+
+    return main(argv)
+
+
+@pytest.mark.parametrize("case", FLAGS)
+def test_requests_out_of_range_are_one_line_and_nothing_made(case, tmp_path, tiny_flags, capsys):
+    call, words = FLAGS[case]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    made_inputs = call(tmp_path, tiny_flags)
+    assert made_inputs == 2
+    one_error_line(capsys, words)
+    after = {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
+    assert not any(p.parts[0] in ("o", "o.beton") for p in after - set(before)), sorted(after)

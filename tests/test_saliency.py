@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastsat import saliency
+from fastsat import saliency, saliency_grid
 from fastsat.beton import open_beton
 from fastsat.kernels import bits as bitlayout
 from fastsat.runs import load_checkpoint
@@ -206,6 +206,6 @@ def test_sparse_teacher(tmp_path, teacher, tiny_flags):
 
 def test_grid_png(tmp_path, teacher, digits):
     png = tmp_path / "grid.png"
-    assert saliency.main(["--teacher", str(teacher), "--beton", str(digits["test"]), "--out", str(png), "--n", "3",
-                          "--methods", "grad_sign,gbp,gradcam_pp_box"]) == 0
+    assert saliency_grid.main(["--teacher", str(teacher), "--beton", str(digits["test"]), "--out", str(png),
+                               "--n", "3", "--methods", "grad_sign,gbp,gradcam_pp_box"]) == 0
     assert png.stat().st_size > 5000

@@ -101,6 +101,8 @@ def _open(path: Path, what: str):
         im = Image.open(path)
         im.load()
         return im
+    except Image.DecompressionBombError as e:  # PIL's guard against images that would fill memory
+        raise InputError(f"{what} {path} is too large to decode safely: {e}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"unreadable {what} {path}: {e}") from None
 
