@@ -393,12 +393,13 @@ def signs(args) -> str:
     args.out.mkdir(parents=True, exist_ok=True)
     steps = Steps(args.out, Namespace(dataset="fashion-mnist", root=None, budget="full", device="cpu", seed=0,
                                       seeds=1, out=args.out), teachers=args.teachers)
+    steps.record.update(command=f"python -m fastsat.signs --stage STAGE --out {args.out} (STAGE: pilot, plan, study)",
+                        settings={"pilot": {**BUDGETS["full"], **PILOT_EVAL, "recipes": RECIPES,
+                                            "seeds": list(PILOT_SEEDS)}, "study": "plan.json"})
     if args.stage == "plan":
         return write_plan(args.out, steps)
     if args.stage == "study":
         return study(args.out, steps, args.status)
-    steps.record.update(command=f"python -m fastsat.signs --stage {args.stage} --out {args.out}",
-                        settings={**BUDGETS["full"], **PILOT_EVAL, "recipes": RECIPES, "seeds": list(PILOT_SEEDS)})
     todo, final = pilot_plan(args.out, steps)
     if args.status:
         return status(args.out, todo)
