@@ -552,7 +552,15 @@ def verdict(model, x: torch.Tensor, y: torch.Tensor, eps=(2 / 255, 4 / 255, 8 / 
                     {"beton": None, "dataset": "tensors", "split": "given", "size": len(y)})
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    return run_ranks(procs, grade, model, data, settings, n_classes, progress, batch_size)
+    was_training = model.training
+    try:
+        report = run_ranks(procs, grade, model, data, settings, n_classes, progress, batch_size)
+    finally:
+        model.train(was_training)  # handed back as it came
+    if was_training:
+        report["mode"] = ("graded in eval mode (the model came in train mode and is handed back so); for a model "
+                          "whose randomness is part of its defence, grade it with aa='rand'")
+    return report
 
 
 def _checked_inputs(model, x, y) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -562,8 +570,15 @@ def _checked_inputs(model, x, y) -> tuple[torch.Tensor, torch.Tensor, int]:
     if not (torch.is_tensor(x) and x.dim() == 4 and x.is_floating_point()):
         raise InputError(f"x must be a (N, C, H, W) float tensor of pixels in [0, 1], got "
                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-    if not len(x) or x.min() < 0 or x.max() > 1:
+    if not len(x) or not torch.isfinite(x).all():
+        raise InputError("x must hold finite pixels (it is empty or holds NaN / Inf)")
+    if x.min() < 0 or x.max() > 1:
         raise InputError("x must hold pixels in [0, 1] (normalisation belongs inside the model)")
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes - {torch.float32}:
+        raise InputError(f"the model's parameters are {', '.join(sorted(map(str, dtypes)))}: the attacks run in "
+                         f"float32 (grade model.float())")
+    x = x.float()
     if not (torch.is_tensor(y) and y.shape == (len(x),) and not y.is_floating_point()):
         raise InputError(f"y must be a ({len(x)},) integer tensor of labels")
     was = model.training
@@ -575,4 +590,4 @@ def _checked_inputs(model, x, y) -> tuple[torch.Tensor, torch.Tensor, int]:
                          f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}")
     if y.min() < 0 or y.max() >= out.shape[1]:
         raise InputError(f"labels must lie in [0, {out.shape[1] - 1}] for a model of {out.shape[1]} classes")
-    return x.float(), y.long().to(x.device), out.shape[1]
+    return x, y.long().to(x.device), out.shape[1]

@@ -208,6 +208,18 @@ def test_verdict_grades_any_pytorch_classifier():
     assert report["settings"]["autoattack"]["version"] == "standard"
 
 
+def test_verdict_takes_any_float_pixels_and_hands_a_train_mode_model_back_as_it_came():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Dropout(0.0), nn.Linear(3 * 8 * 8, 10))
+    x = torch.rand(24, 3, 8, 8)
+    y = net(x).argmax(1)
+    net.train()
+    report = fastsat.verdict(net, x.double(), y, eps=[8 / 255], aa="apgd-ce", aa_steps=3, checks=False)
+    assert net.training and "train mode" in report["mode"] and report["n"] == 24
+    assert "mode" not in fastsat.verdict(net.eval(), x.half(), y, eps=[8 / 255], aa="apgd-ce", aa_steps=3,
+                                         checks=False)
+
+
 @pytest.mark.parametrize("call,word", [
     (lambda net, x, y: fastsat.verdict(nn.Sequential(net, nn.Unflatten(1, (10, 1))), x, y), "(N, classes)"),
     (lambda net, x, y: fastsat.verdict(lambda t: net(t), x, y), "torch.nn.Module"),
@@ -218,6 +230,9 @@ def test_verdict_grades_any_pytorch_classifier():
     (lambda net, x, y: fastsat.verdict(net, x, y, aa_impl="cleverhans"), "--eval-aa-impl"),
     (lambda net, x, y: fastsat.verdict(net, x, y[:3]), "integer tensor"),
     (lambda net, x, y: fastsat.verdict(net, x, y + 10), "labels must lie"),
+    (lambda net, x, y: fastsat.verdict(net, torch.where(x > 0.5, float("nan"), x), y), "finite"),
+    (lambda net, x, y: fastsat.verdict(net.double(), x, y), "float64"),
+    (lambda net, x, y: fastsat.verdict(net.half(), x, y), "float16"),
 ])
 def test_verdict_bad_input(call, word):
     from fastsat.errors import InputError
