@@ -53,6 +53,19 @@ class RunFiles:
     def report_plot(self) -> Path:
         return self.folder / self.REPORT_PLOT
 
+    @classmethod
+    def names(cls) -> set[str]:
+        """Every file name a run writes in its folder."""
+        return {v for k, v in vars(cls).items() if k.isupper() and isinstance(v, str)}
+
+    def only_run_files(self) -> bool:
+        """The folder holds nothing but what runs write: their files, and folders of reports (a
+        study's gradings of the run)."""
+        report = {self.REPORT, self.REPORT_MD, self.REPORT_PLOT}
+        return all(p.name in self.names() if p.is_file() and not p.is_symlink() else
+                   p.is_dir() and not p.is_symlink() and all(q.name in report for q in p.iterdir())
+                   for p in self.folder.iterdir())
+
     def finished(self) -> bool:
         """The run trained and graded its selected checkpoint (``summary.json`` exists)."""
         return self.summary.is_file()

@@ -208,8 +208,12 @@ class RunFolder:
             return
         if not self.overwrite:
             raise InputError(f"{out} holds another run (use --resume to continue it or --overwrite to replace it)")
+        if out.is_symlink():
+            raise InputError(f"--overwrite: {out} is a symbolic link; name the run folder itself")
         if not _is_run(out):
             raise InputError(f"--overwrite: {out} is not a fastsat run (no config.json of one); not replacing it")
+        if not RunFiles(out).only_run_files():
+            raise InputError(f"--overwrite: {out} holds files no run writes; not replacing it")
         for path in inputs:
             if path and _inside(Path(path), out):
                 raise InputError(f"--overwrite: {out} holds {path}, an input of this run; not replacing it")

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .batch import step_seed
 from .data import make_batches
 from .errors import InputError
-from .files import atomic_write_text
+from .files import Claim, atomic_write_text
 from .methods import METHODS, p_random, train_step
 from .models import build_model
 from .pruning import apply_masks, magnitude_masks, measured_sparsity
@@ -39,7 +39,20 @@ from .runs import (Run, RunFolder, load_checkpoint, load_weights, other_data, pi
 from .subsets import holdout_split
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """The whole run; returns its summary (wall time, images/s, robustness of the selected model)."""
+    """The whole run; returns its summary (wall time, images/s, robustness of the selected model).
+    One process writes a run folder at a time: the writing rank holds ``files.Claim`` on it (an
+    advisory lock beside the folder, dropped when the process ends), and a second one is refused."""
+    out = Path(cfg.out)
+    if rank_world()[0] > 0 or not out.parent.is_dir():  # only rank 0 writes; a new parent: nobody else there
+        return _train(cfg, progress)
+    with Claim(out) as mine:
+        if not mine:
+            raise InputError(f"{out} is being written by another process (it holds .{out.name}.lock): one run "
+                             f"per folder at a time")
+        return _train(cfg, progress)
+
+
+def _train(cfg: TrainConfig, progress: bool) -> dict:
     run = setup(cfg, progress)
     try:
         history = read_history(run)

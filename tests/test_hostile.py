@@ -493,3 +493,40 @@ def test_requests_out_of_range_are_one_line_and_nothing_made(case, tmp_path, tin
     one_error_line(capsys, words)
     after = {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
     assert not any(p.parts[0] in ("o", "o.beton") for p in after - set(before)), sorted(after)
+
+
+def test_a_second_process_on_a_run_folder_is_refused(trained, tiny_flags, tmp_path, capsys):
+    """While one process writes a run folder (it holds the folder's claim), another train on the same
+    --out is refused in one line, whatever it asks (--overwrite, --resume), and the folder is untouched."""
+    from fastsat.files import Claim
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[3], run)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with Claim(run) as mine:
+        assert mine
+        for extra in (["--overwrite"], ["--resume", "--epochs", "9"]):
+            assert train_main([*tiny_flags, "--method", "standard", "--out", str(run), *extra]) == 2
+            one_error_line(capsys, "being written by another process")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+@pytest.mark.parametrize("case", ["foreign file", "foreign folder", "symlink"])
+def test_overwrite_replaces_only_what_is_provably_a_run(case, trained, tiny_flags, tmp_path, capsys):
+    """A folder with a run's config.json beside files no run writes, or a symbolic link to a run, is
+    not replaced by --overwrite: one line, and nothing moved or left behind."""
+    run = tmp_path / "run"
+    shutil.copytree(trained[3], run)
+    out = run
+    if case == "foreign file":
+        (run / "thesis.tex").write_text("years of work")
+    elif case == "foreign folder":
+        (run / "data").mkdir()
+        (run / "data" / "x.npy").write_bytes(b"0")
+    else:
+        out = tmp_path / "link"
+        out.symlink_to(run)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert train_main([*tiny_flags, "--method", "standard", "--epochs", "1", "--out", str(out), "--overwrite"]) == 2
+    one_error_line(capsys, "--overwrite")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
