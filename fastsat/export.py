@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .config import upgrade
 from .options import eps_key
-from .runfiles import RunFiles
+from .runfiles import RunFiles, read_json
 from .errors import ArgumentParser, InputError, run_cli
 from .files import atomic_write, atomic_write_text
 
@@ -68,7 +68,9 @@ def robustbench_entry(ckpt: dict, run: Path, name: str) -> dict:
     if not report_path.is_file():
         entry["footnote"] = "not evaluated: no robustness.json beside the checkpoint"
         return {**entry, "fastsat": {**fastsat, "evaluation": "missing"}}
-    report = json.loads(report_path.read_text())
+    report = read_json(report_path)
+    if not isinstance(report, dict) or not {"attacks", "clean", "settings", "n", "data"} <= set(report):
+        raise InputError(f"{report_path}: a damaged report (attacks, clean, settings, n and data expected)")
     eps = eps_key(cfg["eps"])
     rows = report["attacks"]
     aa = report["settings"].get("autoattack", {})
@@ -85,7 +87,7 @@ def robustbench_entry(ckpt: dict, run: Path, name: str) -> dict:
                    failed_checks=report.get("failed_checks", []), stochastic=report.get("stochastic", False),
                    autoattack=aa, evaluation="done")
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary = read_json(summary_path)
         fastsat.update(train_seconds=summary["train_seconds"], images_per_s=summary["images_per_s"])
     return {**entry, "fastsat": fastsat}
 

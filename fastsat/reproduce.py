@@ -40,7 +40,7 @@ from .comparison import MASKED, run_one, side_by_side
 from .config import TrainConfig
 from .errors import ArgumentParser, InputError, run_cli
 from .files import Locked, atomic_write_text
-from .runfiles import RunFiles
+from .runfiles import RunFiles, read_json
 from .runs import pick_device
 from .schedule import Step, run_plan, slug, status
 from .stats import claims, fmt, half_width
@@ -98,14 +98,17 @@ class Steps:
         self.out, self.args = out, args
         self.teachers = teachers or out / "teachers"  # where the teachers whose maps are written live
         self.record_path = out / "reproduce.json"
-        self.record = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {
+        self.record = read_json(self.record_path) if self.record_path.is_file() else {
             "command": command(args), "budget": args.budget,
             "settings": BUDGETS[args.budget], "steps": {}}
+        if not (isinstance(self.record, dict) and isinstance(self.record.get("steps"), dict)):
+            raise InputError(f"{self.record_path}: a damaged record (no table of steps); its steps' outputs are "
+                             f"what counts — remove it to start a new record")
 
     def done(self, name: str, seconds: float) -> None:
         with Locked(self.record_path):  # several processes record their steps in one file
             if self.record_path.is_file():  # other processes' steps too
-                self.record["steps"] = json.loads(self.record_path.read_text())["steps"]
+                self.record["steps"] = read_json(self.record_path)["steps"]
             self.record["steps"][name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                           "pid": os.getpid(), "threads": torch.get_num_threads()}
             atomic_write_text(self.record_path, json.dumps(self.record, indent=1))
@@ -133,7 +136,7 @@ class Steps:
         what the finished runs recorded having used, or one study would mix two versions of a map."""
         now = content_id(open_beton(path).manifest)
         for record in sorted(self.out.glob("*/**/config.json")):
-            saved = json.loads(record.read_text())
+            saved = read_json(record)
             for name in ("train", "val"):
                 had = saved.get("data", {}).get(name)
                 if Path(saved.get("config", {}).get(name, "")) == path and had not in (None, now):

@@ -7,6 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import InputError
+
+
+def read_json(path: Path):
+    """A JSON file's content; an unreadable or damaged one is one line naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path}: unreadable or damaged ({why})") from None
+
 
 class RunFiles:
     """The paths of one run folder's files, and what they say: finished? its summary, its checkpoint."""
@@ -72,7 +83,7 @@ class RunFiles:
 
     def read(self, name: str) -> dict:
         """A JSON file of the run (``config``, ``summary``, ``report``)."""
-        return json.loads(getattr(self, name).read_text())
+        return read_json(getattr(self, name))
 
     def selected(self, last: bool = False) -> Path:
         """The checkpoint a verdict grades: ``best.pt`` (the selected epoch), or the last epoch's."""

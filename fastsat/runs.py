@@ -32,7 +32,7 @@ from .errors import InputError
 from .files import atomic_write, atomic_write_text, pid_alive
 from .methods import METHODS
 from .models import build_model
-from .runfiles import RunFiles
+from .runfiles import RunFiles, read_json
 from .subsets import per_class
 
 if TYPE_CHECKING:
@@ -329,7 +329,7 @@ def write_config(run: Run, hold_idx: np.ndarray) -> None:
     """config.json (a run's marker): the config, provenance, the holdout; on resume, the changes."""
     path = RunFiles(run.out).config
     if run.state is not None:
-        saved = json.loads(path.read_text())
+        saved = read_json(path)
         if run.state["changed"]:
             saved.setdefault("changes", []).append({"epoch": run.state["epoch"], "changed": {
                 k: {"was": was, "now": now} for k, (was, now) in run.state["changed"].items()}})
@@ -347,7 +347,11 @@ def write_config(run: Run, hold_idx: np.ndarray) -> None:
 
 def metrics(out: Path) -> list[dict]:
     """A run folder's metrics.jsonl, one dict per epoch line."""
-    return [json.loads(line) for line in RunFiles(out).metrics.read_text().splitlines() if line.strip()]
+    path = RunFiles(out).metrics
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: unreadable or damaged ({(str(e).splitlines() or [''])[0]})") from None
 
 
 def read_history(run: Run) -> list[dict]:

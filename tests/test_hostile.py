@@ -530,3 +530,35 @@ def test_overwrite_replaces_only_what_is_provably_a_run(case, trained, tiny_flag
     assert train_main([*tiny_flags, "--method", "standard", "--epochs", "1", "--out", str(out), "--overwrite"]) == 2
     one_error_line(capsys, "--overwrite")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("file,command", [("config.json", "resume"), ("metrics.jsonl", "resume"),
+                                          ("summary.json", "export"), ("robustness.json", "export"),
+                                          ("config.json", "overwrite")])
+def test_a_run_with_a_damaged_file_is_one_line(file, command, trained, tiny_flags, tmp_path, capsys):
+    from fastsat.export import main as export_main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[3], run)
+    (run / "summary.json").write_text(json.dumps({"train_seconds": 1.0, "images_per_s": 1.0}))
+    (run / file).write_bytes(b"{\"attacks\": [1, 2" if file != "metrics.jsonl" else b"{\"epoch\": 0}\n\xff\xfe{")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    same = ["--method", "standard", "--width", "0.25", "--lr", "3e-3", "--eval-eps", "1", "--select", "last"]
+    calls = {"resume": lambda: train_main([*tiny_flags, *same, "--epochs", "9", "--out", str(run), "--resume"]),
+             "export": lambda: export_main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "e")]),
+             "overwrite": lambda: train_main([*tiny_flags, "--epochs", "1", "--out", str(run), "--overwrite"])}
+    rc = calls[command]()
+    if command == "overwrite":  # a run whose config is damaged is not provably a run: never replaced
+        assert rc == 2 and "not a fastsat run" in one_error_line(capsys)
+    else:
+        assert rc == 2 and file in one_error_line(capsys, "damaged")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_damaged_study_record_is_one_line(tmp_path, capsys):
+    from fastsat.reproduce import main
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "reproduce.json").write_text("[1, 2, 3]")
+    assert main(["--out", str(tmp_path / "r"), "--status"]) == 2
+    one_error_line(capsys, "reproduce.json", "damaged")
