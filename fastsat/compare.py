@@ -14,6 +14,11 @@ for some run (its cells are marked "masked"; --no-fail-on-masking exits 0); 130 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: Ctrl-C while the libraries load is one line too
+    from fastsat.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import sys
 from pathlib import Path
 

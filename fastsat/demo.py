@@ -9,6 +9,11 @@ CPU) trains and grades that many methods at once, each in its own process.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: Ctrl-C while the libraries load is one line too
+    from fastsat.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import sys
 from pathlib import Path
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 
@@ -19,6 +21,18 @@ class InputError(ValueError):
     """Bad user input (missing files, wrong layout, out-of-range flags): reported in one line."""
 
 
+def _stop_importing(signum, frame):
+    print("error: interrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+def quiet_ctrl_c() -> None:
+    """For a module run as a command, before its heavy imports: Ctrl-C while they load ends the
+    process with the one line and 130, not a traceback from inside an import; ``run_cli`` takes
+    over when it starts."""
+    signal.signal(signal.SIGINT, _stop_importing)
+
+
 def run_cli(body: Callable[[], object]) -> int:
     """Run an entry point's ``body`` (flag parsing included); an InputError becomes ``error: …`` on
     stderr and exit code 2.
@@ -27,6 +41,8 @@ def run_cli(body: Callable[[], object]) -> int:
     goes away before that text is printed (``… --status | head -1``) ends the command as a pipe's
     writer ends, quietly with 141 (128 + SIGPIPE). Nothing else is caught: a bug keeps its
     traceback."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is _stop_importing:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt again
     try:
         text = body()
         text, code = text if isinstance(text, tuple) else (text, 0)

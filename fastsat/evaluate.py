@@ -11,6 +11,11 @@ Exit codes: 0 done; 2 bad input (one ``error:`` line); 3 done, but a gradient-ma
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: Ctrl-C while the libraries load is one line too
+    from fastsat.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import sys
 from pathlib import Path
 

@@ -23,6 +23,11 @@ robustbench.json then says "evaluation": "missing" and holds no accuracy.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: Ctrl-C while the libraries load is one line too
+    from fastsat.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import json
 import sys
 from pathlib import Path

@@ -4,6 +4,11 @@
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: Ctrl-C while the libraries load is one line too
+    from fastsat.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 from pathlib import Path
 
 import numpy as np

@@ -22,6 +22,11 @@ study. Every step is resumable and several processes may share it, as in ``fasts
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: Ctrl-C while the libraries load is one line too
+    from fastsat.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import json
 import statistics
 import sys

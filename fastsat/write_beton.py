@@ -19,6 +19,11 @@ Two maps of different granularity are both stored per element, so a per-sample c
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as a command: Ctrl-C while the libraries load is one line too
+    from fastsat.errors import quiet_ctrl_c
+
+    quiet_ctrl_c()
+
 import os
 import shutil
 import time

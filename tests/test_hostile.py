@@ -562,3 +562,24 @@ def test_a_damaged_study_record_is_one_line(tmp_path, capsys):
     (tmp_path / "r" / "reproduce.json").write_text("[1, 2, 3]")
     assert main(["--out", str(tmp_path / "r"), "--status"]) == 2
     one_error_line(capsys, "reproduce.json", "damaged")
+
+
+@pytest.mark.parametrize("module", ["fastsat.train", "fastsat.evaluate", "fastsat.write_beton"])
+def test_ctrl_c_while_a_command_loads_its_libraries_is_one_line(module):
+    """Ctrl-C during the imports of a command (torch, timm, ffcv: seconds): 130 and the one line.
+    Sent at growing delays until one lands before the command has loaded (it then prints --help)."""
+    codes = []
+    for delay in (0.4, 0.8, 1.2, 1.6):
+        proc = subprocess.Popen([sys.executable, "-m", module, "--help"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        import time
+
+        time.sleep(delay)
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err, err[-2000:]
+        codes.append(proc.returncode)
+        if proc.returncode == 130:
+            assert err.strip().splitlines() == ["error: interrupted"], err
+            break
+    assert 130 in codes, codes
