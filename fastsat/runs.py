@@ -197,6 +197,7 @@ class RunFolder:
     out: Path
     overwrite: bool
     aside: Path | None = None  # where the old run waits while the new one has no checkpoint
+    created: bool = False  # this run made the folder (removed again if it fails before a checkpoint)
 
     def check(self, inputs: list[str]) -> None:
         """Every rule, before any work: a non-run or an input inside ``out`` is never replaced."""
@@ -223,20 +224,26 @@ class RunFolder:
         if self.out.is_dir() and any(self.out.iterdir()):
             self.aside = self.out.with_name(f".{self.out.name}.replaced-{os.getpid()}")
             os.replace(self.out, self.aside)
+        self.created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
 
     def commit(self) -> None:
-        """The new run has a checkpoint: the old one goes."""
+        """The new run has a checkpoint: the old one goes, and this one stays whatever happens next."""
+        self.created = False
         if self.aside is not None:
             shutil.rmtree(self.aside, ignore_errors=True)
             self.aside = None
 
     def restore(self) -> None:
-        """The new run failed before its first checkpoint: put the old one back."""
+        """The new run failed before its first checkpoint: put the old one back, or remove the
+        folder this run created."""
         if self.aside is not None:
             shutil.rmtree(self.out, ignore_errors=True)
             os.replace(self.aside, self.out)
             self.aside = None
+        elif self.created:
+            shutil.rmtree(self.out, ignore_errors=True)
+            self.created = False
 
 
 def recover(out: Path) -> None:

@@ -12,6 +12,7 @@ points in one epoch is flagged as catastrophic overfitting (Wong et al. 2020).
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -49,7 +50,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if not mine:
             raise InputError(f"{out} is being written by another process (it holds .{out.name}.lock): one run "
                              f"per folder at a time")
-        return _train(cfg, progress)
+        try:
+            return _train(cfg, progress)
+        except OSError as e:
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            raise InputError(f"could not write {e.filename or out}: {e.strerror} (full disk or read-only folder?); "
+                             f"no checkpoint was written by this command") from None
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT}
 
 
 def _train(cfg: TrainConfig, progress: bool) -> dict:
@@ -118,7 +128,12 @@ def setup(cfg: TrainConfig, progress: bool = True) -> Run:
                                seed=cfg.seed, resident=cfg.gpu_resident, distributed=world > 1, indices=train_idx,
                                rank=rank)
     if rank == 0:
-        write_config(run, hold_idx)
+        try:
+            write_config(run, hold_idx)
+        except BaseException:
+            if folder is not None:
+                folder.restore()  # nothing of this run stays; a replaced run comes back
+            raise
     return run
 
 

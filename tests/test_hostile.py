@@ -583,3 +583,17 @@ def test_ctrl_c_while_a_command_loads_its_libraries_is_one_line(module):
             assert err.strip().splitlines() == ["error: interrupted"], err
             break
     assert 130 in codes, codes
+
+
+@pytest.mark.parametrize("limit,what", [(4_000, "could not write"), (200_000, "could not save")])
+def test_a_full_disk_in_a_new_run_is_one_line_and_leaves_nothing(limit, what, tiny_flags, tmp_path):
+    """Files capped (RLIMIT_FSIZE, as a full disk): a new run that cannot write its config or its first
+    checkpoint ends in one line, exit 2, and leaves no folder, lock or temporary."""
+    from tests.test_faults import start
+
+    proc = start(["fastsat.train", *tiny_flags, "--epochs", "1", "--out", str(tmp_path / "run")], limit_bytes=limit)
+    _, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert what in lines[0] and "full disk" in lines[0]
+    assert list(tmp_path.iterdir()) == []
