@@ -123,7 +123,7 @@ def pilot_report(out: Path, cfgs: dict) -> str:
               f"{s['largest_jump']} | {s['test_clean']} | {s['test_pgd20']['4']} | {s['test_pgd20']['8']} |"
               for s in students]
     text = (f"# Pilot (seeds {', '.join(map(str, PILOT_SEEDS))}; never study data)\n\n" + "\n".join(lines) +
-            f"\n\nRule: {choice['rule']}.\n\nMedian largest jump: " +
+            f"\n\nRule: {choice['rule']}\n\nMedian largest jump: " +
             ", ".join(f"{r} {v:.1f}" for r, v in choice["median_largest_jump"].items()) +
             "; mean last-epoch held-out clean: " +
             ", ".join(f"{r} {v:.1f}" for r, v in choice["mean_last_holdout_clean"].items()) +
