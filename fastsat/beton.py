@@ -359,6 +359,8 @@ def open_beton(path: Path, verify: bool = False) -> BetonInfo:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BetonError(f"{mpath}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise BetonError(f"{mpath}: not a fastsat-beton manifest (nested too deep to read)") from None
     check_manifest(manifest, mpath)
     size = path.stat().st_size
     if size != manifest["file_size"]:

@@ -78,7 +78,7 @@ def run_ranks(procs: int, fn, *args):
         mp.spawn(_rank, args=(procs, _free_port(), threads, results, fn, args), nprocs=procs, join=True)
     except mp.ProcessRaisedException as e:
         last = [line for line in str(e).strip().splitlines() if line.strip()][-1]
-        raise InputError(f"a grading rank failed, every rank stopped: {last}") from None
+        raise InputError(f"a rank failed, every rank stopped: {last}") from None
     except mp.ProcessExitedException as e:
-        raise InputError(f"a grading rank died ({e}); every rank stopped, nothing was written") from None
+        raise InputError(f"a rank died ({e}); every rank stopped, nothing was written") from None
     return results.get()

@@ -235,7 +235,7 @@ def test_damaged_manifests_are_one_line(digits, tmp_path, edit):
     assert "damaged manifest" in str(e.value) or "not a fastsat-beton" in str(e.value)
 
 
-@pytest.mark.parametrize("text", ["[1, 2]", "null", "\"x\"", "{\"format\": 1}"])
+@pytest.mark.parametrize("text", ["[1, 2]", "null", "\"x\"", "{\"format\": 1}", "[" * 100_000 + "]" * 100_000])
 def test_manifests_that_are_not_tables(digits, tmp_path, text):
     path = tmp_path / "x.beton"
     shutil.copy(digits["test"], path)
