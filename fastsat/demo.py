@@ -21,7 +21,7 @@ from .beton import open_beton, weak_map, write_beton
 from .compare import jobs
 from .comparison import compare
 from .config import build_parser, config_from_args
-from .errors import masked_exit, run_cli
+from .errors import InputError, masked_exit, run_cli
 from .writers import open_writer
 
 
@@ -60,9 +60,14 @@ def main(argv=None) -> int:
                     "machine's cores on CPU, 1 on CUDA)")
     def body():
         args = ap.parse_args([*DEMO, *(argv if argv is not None else sys.argv[1:])])
-        paths = ensure_digits(args.data)
-        args.train, args.val = args.train or str(paths["train"]), args.val or str(paths["test"])
-        base = config_from_args(args)
+        args.train = args.train or str(args.data / "digits_train.beton")
+        args.val = args.val or str(args.data / "digits_test.beton")
+        base = config_from_args(args)  # the whole request checked before anything is written
+        if args.seeds < 1:
+            raise InputError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.data.exists() and not args.data.is_dir():
+            raise InputError(f"--data {args.data} is a file, not a folder")
+        ensure_digits(args.data)
         table, summaries = compare(base, METHODS.split(","), args.seeds, Path(base.out), FRONTIER_EPS,
                                    jobs=jobs(args.jobs, base.device))
         return table, masked_exit([s["robustness"] for s in summaries], base.fail_on_masking)
