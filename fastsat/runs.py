@@ -213,11 +213,11 @@ class RunFolder:
             raise InputError(f"--overwrite: {out} is a symbolic link; name the run folder itself")
         if not _is_run(out):
             raise InputError(f"--overwrite: {out} is not a fastsat run (no config.json of one); not replacing it")
-        if not RunFiles(out).only_run_files():
-            raise InputError(f"--overwrite: {out} holds files no run writes; not replacing it")
         for path in inputs:
             if path and _inside(Path(path), out):
                 raise InputError(f"--overwrite: {out} holds {path}, an input of this run; not replacing it")
+        if not RunFiles(out).only_run_files():
+            raise InputError(f"--overwrite: {out} holds files no run writes; not replacing it")
 
     def claim(self) -> None:
         """Start writing: the old run (if any) is moved aside, a fresh folder created."""

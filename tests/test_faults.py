@@ -217,7 +217,7 @@ def test_the_library_writer_is_what_the_command_writes(tmp_path, monkeypatch):
 def test_teacher_saliency_waits_for_the_output_checks(tmp_path, monkeypatch, capsys):
     def boom(*a, **k):
         raise AssertionError("saliency computed before the output path was checked")
-    monkeypatch.setattr(write_beton_cli, "compute", boom)
+    monkeypatch.setattr(write_beton_cli, "compute_chunks", boom)
     rc = write_main(["--dataset", "digits", "--out", str(tmp_path / "missing" / "x.beton"), "--saliency", "smoothgrad",
                      "--teacher", str(tmp_path / "t.pt")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err

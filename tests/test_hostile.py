@@ -54,18 +54,26 @@ def evil(tmp_path, trained):
     return path, marker
 
 
-def test_a_malicious_checkpoint_runs_nowhere(evil, trained, tiny_flags, digits, tmp_path, capsys):
-    path, marker = evil
-    calls = {
+def checkpoint_commands(path: Path, tmp_path: Path, tiny_flags, digits) -> dict:
+    """Every command that reads a checkpoint given to it, each writing under ``tmp_path``."""
+    from fastsat.export import main as export_main
+
+    return {
         "evaluate": lambda: evaluate_main(["--checkpoint", str(path), "--out", str(tmp_path / "ev")]),
+        "export": lambda: export_main(["--checkpoint", str(path), "--out", str(tmp_path / "ex")]),
         "train --init": lambda: train_main([*tiny_flags, "--epochs", "1", "--init", str(path),
                                             "--out", str(tmp_path / "init")]),
         "write_beton --teacher": lambda: write_main(["--dataset", "digits", "--split", "test", "--out",
                                                      str(tmp_path / "t.beton"), "--saliency", "gbp",
                                                      "--teacher", str(path)]),
         "saliency_grid --teacher": lambda: saliency_main(["--teacher", str(path), "--beton", str(digits["test"]),
-                                                     "--out", str(tmp_path / "g.png")]),
+                                                          "--out", str(tmp_path / "g.png")]),
     }
+
+
+def test_a_malicious_checkpoint_runs_nowhere(evil, trained, tiny_flags, digits, tmp_path, capsys):
+    path, marker = evil
+    calls = checkpoint_commands(path, tmp_path, tiny_flags, digits)
     for name, call in calls.items():
         assert call() == 2, name
         one_error_line(capsys, "refused", "more than data")
@@ -116,20 +124,9 @@ def test_a_damaged_checkpoint_is_one_line_and_nothing_written(how, trained, tmp_
 
 
 def test_every_command_checks_a_checkpoint_before_writing(trained, tiny_flags, digits, tmp_path, capsys):
-    from fastsat.export import main as export_main
-
     path = tmp_path / "bad.pt"
     torch.save(_damaged(torch.load(trained[3] / "checkpoint.pt", weights_only=True), "shape:"), path)
-    calls = {
-        "export": lambda: export_main(["--checkpoint", str(path), "--out", str(tmp_path / "ex")]),
-        "train --init": lambda: train_main([*tiny_flags, "--epochs", "1", "--init", str(path),
-                                            "--out", str(tmp_path / "init")]),
-        "write_beton --teacher": lambda: write_main(["--dataset", "digits", "--split", "test", "--out",
-                                                     str(tmp_path / "t.beton"), "--saliency", "gbp",
-                                                     "--teacher", str(path)]),
-        "saliency_grid --teacher": lambda: saliency_main(["--teacher", str(path), "--beton", str(digits["test"]),
-                                                          "--out", str(tmp_path / "g.png")]),
-    }
+    calls = checkpoint_commands(path, tmp_path, tiny_flags, digits)
     for name, call in calls.items():
         assert call() == 2, name
         assert "weights do not fit" in one_error_line(capsys, str(path)), name
