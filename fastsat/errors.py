@@ -47,9 +47,11 @@ def run_cli(body: Callable[[], object]) -> int:
         text = body()
         text, code = text if isinstance(text, tuple) else (text, 0)
     except InputError as e:
+        _end_progress()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _end_progress()
         print("error: interrupted", file=sys.stderr)
         return 130
     if text:
@@ -59,6 +61,13 @@ def run_cli(body: Callable[[], object]) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             return 141
     return code
+
+
+def _end_progress() -> None:
+    """Progress bars still drawn are closed, so the error line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def masked_exit(reports: list[dict], fail: bool) -> int:

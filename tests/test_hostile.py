@@ -602,3 +602,16 @@ def test_a_full_disk_in_a_new_run_is_one_line_and_leaves_nothing(limit, what, ti
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
     assert what in lines[0] and "full disk" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_grading_is_one_line_of_its_own(trained, tmp_path):
+    """Interrupted while it grades (a progress bar on screen): the bar is closed, then the one line
+    on a line of its own, 130, and no report."""
+    from tests.test_faults import interrupt, start
+
+    proc = start(["fastsat.evaluate", "--checkpoint", str(trained[3] / "checkpoint.pt"), "--out", str(tmp_path / "e"),
+                  "--eval-limit", "0", "--eval-aa", "standard"])
+    err = interrupt(proc, lambda: True, delay=12)
+    assert proc.returncode == 130, err[-2000:]
+    assert "error: interrupted" in err.splitlines() and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "e" / "robustness.json").exists()
