@@ -50,6 +50,7 @@ from .runs import pick_device
 from .schedule import Step, run_plan, slug, status
 from .stats import claims, fmt, half_width
 from .write_beton import write_dataset
+from .writers import open_writer
 
 BUDGETS = {  # TrainConfig settings per budget (the model and epochs every run shares)
     "quick": {"model": "resnet10", "width": 0.125, "epochs": 1, "batch_size": 64, "lr": 2e-3, "pad": 2,
@@ -374,6 +375,8 @@ def reproduce(args) -> str:
         raise InputError(f"--out {out} is a file, not a folder")
     if args.status and not out.is_dir():
         raise InputError(f"{out}: no reproduction there yet")
+    if not args.status:
+        open_writer(args.dataset, "test", root=args.root)  # the layout is there, before anything is made
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)

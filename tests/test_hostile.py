@@ -472,6 +472,8 @@ FLAGS = {  # a request refused before anything is made: the command, the words o
     "reproduce --threads -1": (lambda t, flags: _reproduce(["--out", str(t / "o"), "--threads", "-1"]), "--threads"),
     "reproduce --device meta": (lambda t, flags: _reproduce(["--out", str(t / "o"), "--device", "meta"]), "--device"),
     "reproduce --out file": (lambda t, flags: _reproduce(["--out", str(_binary_config(t))]), "is a file"),
+    "reproduce --root missing": (lambda t, flags: _reproduce(["--out", str(t / "o"), "--root", str(t / "nowhere")]),
+                                 "--root"),
     "demo --epochs 0": (lambda t, flags: _demo(["--data", str(t / "o"), "--out", str(t / "o" / "runs"),
                                                 "--epochs", "0"]), "--epochs"),
 }
