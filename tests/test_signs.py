@@ -112,7 +112,8 @@ def test_the_committed_plan_fixes_the_study_and_came_first():
     planned = _git("log", "--diff-filter=A", "--format=%H %ct", "--", "docs/fm/signs/plan.json").split()
     if added:  # the plan's commit is an ancestor of the first commit with a study result
         first = added[0]
-        assert subprocess.run(["git", "-C", str(ROOT), "merge-base", "--is-ancestor", planned[0], first]).returncode == 0
+        ancestor = subprocess.run(["git", "-C", str(ROOT), "merge-base", "--is-ancestor", planned[0], first])
+        assert ancestor.returncode == 0
         assert planned[0] != first
 
 

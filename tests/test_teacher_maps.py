@@ -160,3 +160,31 @@ def test_memory_is_bounded_by_the_chunk_not_the_split(tmp_path, teacher):
         tracemalloc.stop()
     split_bytes = len(samples) * int(np.prod(samples.source.image_shape))
     assert peaks[len(samples)] < 1.2 * peaks[256] and peaks[len(samples)] < split_bytes / 4, (peaks, split_bytes)
+
+
+def test_a_failing_rank_stops_every_rank_and_publishes_nothing(tmp_path):
+    """Two ranks, a broken image in rank 1's chunk: one line, no beton, rank 0's finished chunk kept."""
+    from PIL import Image
+
+    from fastsat.errors import InputError
+    from fastsat.models import build_model
+    from fastsat.runs import save_checkpoint
+
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        folder = tmp_path / "imgs" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    (tmp_path / "imgs" / "c1" / "41.png").write_bytes(b"not a png")  # sample 52 of 64: chunk 1, rank 1's
+    args = {"name": "resnet10", "width": 0.125, "num_classes": 2, "mean": [0.5] * 3, "std": [0.25] * 3,
+            "image_shape": [8, 8, 3]}
+    net = build_model("resnet10", 2, args["mean"], args["std"], 0.125)
+    save_checkpoint(tmp_path / "t.pt", {"config": {"model": "resnet10", "width": 0.125, "method": "standard"},
+                                        "model_args": args, "identity": {"dataset": "folder"}, "epoch": 0,
+                                        "model_state": net.state_dict()})
+    out = tmp_path / "x.beton"
+    write = partial(write_dataset, saliency="gbp", teacher=tmp_path / "t.pt", sal_batch=32, chunk=32, writer="direct",
+                    progress=False, root=tmp_path / "imgs", side=8)
+    with pytest.raises(InputError, match="a rank failed, every rank stopped: .*unreadable image"):
+        run_ranks(2, write, "folder", "train", out)
+    assert not out.exists() and [p.name for p in chunk_folder(out).glob("chunk-*")] == ["chunk-000000.npz"]
