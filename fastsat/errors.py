@@ -7,6 +7,7 @@ layer (``kernels``, ``writers``, ``fastsat``) may raise it.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ import threading
 from typing import Callable
 
 
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT}  # disk or folder
 MASKED_EXIT = 3  # a verdict was written, but a gradient-masking check failed (--no-fail-on-masking: 0)
 
 
@@ -39,8 +41,8 @@ def run_cli(body: Callable[[], object]) -> int:
 
     ``body`` returns text to print on success (or None), or ``(text, exit code)``. A reader that
     goes away before that text is printed (``… --status | head -1``) ends the command as a pipe's
-    writer ends, quietly with 141 (128 + SIGPIPE). Nothing else is caught: a bug keeps its
-    traceback."""
+    writer ends, quietly with 141 (128 + SIGPIPE). A write refused by the disk or the folder (full,
+    read-only, over a size limit) is one line too. Nothing else is caught: a bug keeps its traceback."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is _stop_importing:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt again
     try:
@@ -54,6 +56,13 @@ def run_cli(body: Callable[[], object]) -> int:
         _end_progress()
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk or a read-only folder is never a bug: one line
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        _end_progress()
+        print(f"error: {e.filename or 'a file'}: {e.strerror} (a full disk, a read-only folder or a missing "
+              f"permission)", file=sys.stderr)
+        return 2
     if text:
         try:
             print(text, flush=True)

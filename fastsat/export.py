@@ -29,7 +29,9 @@ if __name__ == "__main__":  # run as a command: Ctrl-C while the libraries load 
     quiet_ctrl_c()
 
 import json
+import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 from .config import upgrade
@@ -140,6 +142,17 @@ def model_card(entry: dict, recipe: dict) -> str:
     return "\n".join(lines)
 
 
+def _save(save_file, state: dict, meta: dict, tmp: Path) -> None:
+    """safetensors' write, its I/O errors (a full disk: its own error type) one line."""
+    try:
+        save_file(state, str(tmp), metadata=meta)
+    except Exception as e:  # noqa: BLE001 - SafetensorError, which is not an OSError
+        if "I/O error" not in str(e):
+            raise
+        raise InputError(f"could not write {tmp.parent / 'model.safetensors'}: {str(e).splitlines()[0]} (a full "
+                         f"disk?)") from None
+
+
 def export(checkpoint: Path, out: Path, overwrite: bool = False) -> str:
     from safetensors.torch import save_file
 
@@ -159,11 +172,17 @@ def export(checkpoint: Path, out: Path, overwrite: bool = False) -> str:
                                       "lr_schedule", "weight_decay", "eps", "seed")}
     recipe["eps"] = f"{recipe['eps']:g}/255"
     meta = {"format": "pt", DATA_CONFIG_KEY: json.dumps(cfg["pretrained_cfg"])}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata=meta))
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
-    atomic_write_text(out / "robustbench.json", json.dumps(entry, indent=1))
-    atomic_write_text(out / "README.md", model_card(entry, recipe))
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "model.safetensors", partial(_save, save_file, state, meta))
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
+        atomic_write_text(out / "robustbench.json", json.dumps(entry, indent=1))
+        atomic_write_text(out / "README.md", model_card(entry, recipe))
+    except BaseException:
+        if created:  # no half export: the folder this call made goes
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return f"wrote {out}/model.safetensors, config.json, robustbench.json, README.md (model card)"
 
 

@@ -12,7 +12,6 @@ points in one epoch is flagged as catastrophic overfitting (Wong et al. 2020).
 """
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from .beton import BetonInfo, content_id, open_beton
 from .config import TrainConfig
 from .batch import step_seed
 from .data import make_batches
-from .errors import InputError
+from .errors import WRITE_ERRNOS, InputError
 from .files import Claim, atomic_write_text
 from .methods import METHODS, p_random, train_step
 from .models import build_model
@@ -58,8 +57,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             raise InputError(f"could not write {e.filename or out}: {e.strerror} (full disk or read-only folder?); "
                              f"no checkpoint was written by this command") from None
 
-
-WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT}
 
 
 def _train(cfg: TrainConfig, progress: bool) -> dict:

@@ -617,3 +617,14 @@ def test_ctrl_c_during_grading_is_one_line_of_its_own(trained, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "error: interrupted" in err.splitlines() and "Traceback" not in err, err[-2000:]
     assert not (tmp_path / "e" / "robustness.json").exists()
+
+
+def test_a_full_disk_during_an_export_is_one_line_and_leaves_nothing(trained, tmp_path):
+    from tests.test_faults import start
+
+    proc = start(["fastsat.export", "--checkpoint", str(trained[3] / "best.pt"), "--out", str(tmp_path / "ex")],
+                 limit_bytes=20_000)
+    _, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "full disk" in lines[0] and list(tmp_path.iterdir()) == []
