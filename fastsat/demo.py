@@ -1,4 +1,4 @@
-"""The README's main command, on the embedded digits set (no download), on 2 CPU cores in under an hour.
+"""The README's main command, on the embedded digits set (no download), on 2 CPU cores in about 35 minutes.
 
 Writes the digits betons if missing, then trains standard, noise, SAT, the random-sign control,
 FGSM-RS and N-FGSM with the same narrow ResNet-10 and prints their robustness side by side (``fastsat.comparison``): PGD-20,

@@ -22,6 +22,30 @@ def ranks() -> tuple[int, int]:
     return 0, 1
 
 
+_WAITED = [0.0]  # seconds this process has spent in summed_over_ranks: waiting for the slowest rank
+
+
+def waited() -> float:
+    """Seconds this process has spent so far in ``summed_over_ranks`` (a running total, as
+    ``time.process_time``): almost all of it waiting for the other ranks to finish their share."""
+    return _WAITED[0]
+
+
+def summed_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over every rank, on every rank (``t`` itself without a process group); ``t``
+    on the device the backend reduces on (CUDA for NCCL, the host for gloo)."""
+    import time
+
+    import torch.distributed as dist
+
+    if ranks()[1] == 1:
+        return t
+    t0 = time.perf_counter()
+    dist.all_reduce(t)
+    _WAITED[0] += time.perf_counter() - t0
+    return t
+
+
 def barrier() -> None:
     """Every rank waits here for the others (nothing without a process group)."""
     import torch.distributed as dist

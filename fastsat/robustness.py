@@ -37,7 +37,7 @@ from .attacks import (AA_IMPLS, PGD, AutoAttack, SaliencyAttack, SampleSeeds, St
                       UniformNoise, aa_package, require_impl)
 from .options import EPS_RULE, at_least, check_value, eps_key, opt, to_fraction, to_units
 from .batch import to_unit
-from .distributed import ranks
+from .distributed import ranks, summed_over_ranks, waited
 from .errors import InputError
 from .kernels import bits as bitlayout
 from .kernels.spec import derive_seed
@@ -158,11 +158,7 @@ def gathered(local: torch.Tensor, device) -> torch.Tensor:
     ranks: every rank then holds every sample's outcome."""
     if ranks()[1] == 1:
         return local
-    import torch.distributed as dist
-
-    both = local.to(device)  # NCCL reduces device tensors, gloo host ones
-    dist.all_reduce(both)
-    return both.cpu()
+    return summed_over_ranks(local.to(device)).cpu()  # NCCL reduces device tensors, gloo host ones
 
 
 def correct_under(model, data: EvalData, attack=None, seed: int = 0, only: Optional[torch.Tensor] = None,
@@ -299,8 +295,11 @@ def grade(model, data: EvalData, settings: EvalSettings, n_classes: int, progres
     before it (``ran_on``: how many samples it attacked). Without the cascade, and under the paper's
     protocol, every attack runs on every sample. ``robust_indices``: per ε, the beton indices of the
     samples that every attack left correct."""
+    import time
+
     from tqdm import tqdm
 
+    start, waited_before = time.perf_counter(), waited()
     clean = correct_under(model, data, batch=batch)
     stochastic = is_stochastic(model, data)
     version = aa_version(settings, stochastic)
@@ -332,10 +331,20 @@ def grade(model, data: EvalData, settings: EvalSettings, n_classes: int, progres
     report = {"n": len(data.y), "per_class": data.per_class, "data": data.source,
               "settings": measured_with(settings, version) | {"cascade": cascade, "batch": batch},
               "clean": _pct(clean), "attacks": attacks, "ran_on": ran_on, "robust_indices": robust,
-              "stochastic": stochastic, "masked": False, "seconds": seconds, "ranks": ranks()[1]}
+              "stochastic": stochastic, "masked": False, "seconds": seconds, "ranks": ranks()[1],
+              "rank_seconds": rank_seconds(time.perf_counter() - start, waited() - waited_before, data.y.device)}
     if len(data.y) < data.source["size"]:
         report["indices"] = data.indices.tolist()
     return with_masking(report, masking)
+
+
+def rank_seconds(wall: float, waiting: float, device) -> list[dict]:
+    """Where each rank's grading time went: working on its share, or waiting for the others'."""
+    rank, world = ranks()
+    mine = torch.zeros(world, 2, dtype=torch.float64)
+    mine[rank] = torch.tensor([wall - waiting, waiting])
+    every = gathered(mine, device)
+    return [{"working": round(w, 3), "waiting": round(v, 3)} for w, v in every.tolist()]
 
 
 def with_masking(report: dict, masking: Optional[dict]) -> dict:
@@ -463,6 +472,11 @@ def table(report: dict) -> str:
                     f"({', '.join(s['autoattack']['attacks'])}; {s['autoattack']['steps']} iterations"
                     + (f", Square {s['autoattack']['square_queries']} queries" if "square_queries" in s["autoattack"]
                        else "") + ")" if "autoattack" in s else "") + ".")
+    if report.get("ranks", 1) > 1 and "rank_seconds" in report:
+        lines.append("")
+        lines.append(f"Graded on {report['ranks']} ranks, each on its share of every attack's batches: "
+                     + ", ".join(f"rank {r} worked {t['working']:.0f} s and waited {t['waiting']:.0f} s"
+                                 for r, t in enumerate(report["rank_seconds"])) + ".")
     if s.get("cascade"):
         lines.append("")
         lines.append("Cascade: at each ε the attacks ran in the order of the rows, each on the samples every row "

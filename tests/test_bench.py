@@ -44,7 +44,7 @@ def test_epoch_bench_runs_both_loaders(tmp_path):
 def test_grading_bench_breaks_the_time_down(tmp_path, trained):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "grading.py"), "--checkpoint",
                            str(trained[3] / "checkpoint.pt"), "--eval-limit", "16", "--eval-eps", "2,8", "--eval-aa",
-                           "apgd-ce", "--procs", "1,2", "--out", str(tmp_path)], capture_output=True, text=True,
+                           "apgd-ce", "--runs", "1x1,2x1", "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "grading.json").read_text())
@@ -52,6 +52,7 @@ def test_grading_bench_breaks_the_time_down(tmp_path, trained):
     assert {("pgd20", "2"), ("pgd20", "8"), ("autoattack", "8")} <= rows and data["n"] == 16
     assert data["train_s"] > 0 and sum(r["seconds"] for r in data["rows"]) <= data["total_s"] * 1.01
     assert "| pgd20 |" in proc.stdout
-    assert [(r["procs"], r["same_verdict"]) for r in data["ranks"]] == [(1, True), (2, True)]
+    assert [(r["procs"], r["threads"], r["same_verdict"]) for r in data["ranks"]] == [(1, 1, True), (2, 1, True)]
+    assert [len(r["rank_seconds"]) for r in data["ranks"]] == [1, 2]
     assert data["passes"]["forward"] > data["passes"]["backward"] > 0 and data["training"]["passes_per_s"] > 0
     assert not (tmp_path / "scratch_run").exists()  # the timed training epoch's folder is removed

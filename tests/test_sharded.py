@@ -48,6 +48,9 @@ def test_ranks_give_the_one_process_verdict_sample_for_sample(trained, one_proce
     assert 0 < one_process["attacks"]["worst_case"]["1"] < 100  # partly robust: the rows decide something
     assert one_process["ran_on"]["autoattack"]["1"] > 0 and one_process["ran_on"]["square"]["2"] > 0
     assert outcome(sharded) == outcome(one_process)
+    # where each rank's time went: every rank listed, waiting only for others (none alone)
+    assert len(sharded["rank_seconds"]) == procs and one_process["rank_seconds"][0]["waiting"] == 0
+    assert all(t["working"] > 0 and t["waiting"] >= 0 for t in sharded["rank_seconds"])
 
 
 def test_autoattack_no_longer_depends_on_its_batch_neighbours(trained):
