@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -295,11 +296,9 @@ def grade(model, data: EvalData, settings: EvalSettings, n_classes: int, progres
     before it (``ran_on``: how many samples it attacked). Without the cascade, and under the paper's
     protocol, every attack runs on every sample. ``robust_indices``: per ε, the beton indices of the
     samples that every attack left correct."""
-    import time
-
     from tqdm import tqdm
 
-    start, waited_before = time.perf_counter(), waited()
+    start = time.perf_counter(), waited()
     clean = correct_under(model, data, batch=batch)
     stochastic = is_stochastic(model, data)
     version = aa_version(settings, stochastic)
@@ -332,15 +331,17 @@ def grade(model, data: EvalData, settings: EvalSettings, n_classes: int, progres
               "settings": measured_with(settings, version) | {"cascade": cascade, "batch": batch},
               "clean": _pct(clean), "attacks": attacks, "ran_on": ran_on, "robust_indices": robust,
               "stochastic": stochastic, "masked": False, "seconds": seconds, "ranks": ranks()[1],
-              "rank_seconds": rank_seconds(time.perf_counter() - start, waited() - waited_before, data.y.device)}
+              "rank_seconds": rank_seconds(*start, data.y.device)}
     if len(data.y) < data.source["size"]:
         report["indices"] = data.indices.tolist()
     return with_masking(report, masking)
 
 
-def rank_seconds(wall: float, waiting: float, device) -> list[dict]:
-    """Where each rank's grading time went: working on its share, or waiting for the others'."""
+def rank_seconds(start: float, waited_at_start: float, device) -> list[dict]:
+    """Where each rank's time since ``start`` (``time.perf_counter``; ``waited()`` then) went:
+    working on its share, or waiting for the others'."""
     rank, world = ranks()
+    wall, waiting = time.perf_counter() - start, waited() - waited_at_start
     mine = torch.zeros(world, 2, dtype=torch.float64)
     mine[rank] = torch.tensor([wall - waiting, waiting])
     every = gathered(mine, device)
@@ -367,8 +368,6 @@ def row_order(plan: list[Stage]) -> list[str]:
 
 def timed(seconds: dict, name: str, key: str, work):
     """``work()``, its wall time recorded in ``seconds[name][key]``."""
-    import time
-
     t0 = time.perf_counter()
     out = work()
     seconds.setdefault(name, {})[key] = time.perf_counter() - t0
